@@ -1,0 +1,95 @@
+"""DVC stage `export`: write the TF Serving SavedModel and prove it matches the Keras model."""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from stages import artifacts, cli, datasets, serving, tracking, trained
+from stages.params import ExportParams, flatten, load_params
+
+
+def run(export: ExportParams, model_dir: Path, test_path: Path, output: Path, report_path: Path) -> dict:
+    """Export the trained model to `output`, verify it in a fresh process, log it to the model's run.
+
+    The SavedModel is written beside `output` and moved into place only after it has been reloaded
+    with `tf.saved_model.load` in a separate process and agrees with the Keras model on every test
+    image: identical classes and probabilities within `export.tolerance`.
+
+    Returns:
+        The export report written to `report_path`.
+
+    Raises:
+        ValueError: the reloaded SavedModel disagrees with the Keras model.
+    """
+    classifier = trained.load_model(model_dir)
+    run_id = trained.run_id(model_dir)
+    test_set = artifacts.load_dataset(test_path)
+    datasets.validate(test_set)
+    expected = classifier.predict(test_set.images, batch_size=256, verbose=0)
+
+    with tracking.resume_run(run_id, source=trained.run_file(model_dir)):
+        tracking.log_params(flatten(export, prefix="export."))
+        with artifacts.atomic_path(output) as staged:
+            serving.export_savedmodel(classifier, test_set.class_names, staged)
+            reloaded = _predict_in_fresh_process(staged, test_set.images)
+            agreement = serving.compare(expected, reloaded["probabilities"])
+            names_match = bool(
+                np.array_equal(
+                    reloaded["class_name"].astype(str), np.asarray(test_set.class_names)[reloaded["class_id"]]
+                )
+            )
+            if agreement.mismatched_classes or agreement.max_abs_difference > export.tolerance or not names_match:
+                raise ValueError(
+                    f"the reloaded SavedModel disagrees with the Keras model on {agreement.images} test images: "
+                    f"{agreement.mismatched_classes} different classes, largest probability difference "
+                    f"{agreement.max_abs_difference:.3g} (export.tolerance = {export.tolerance:g}), "
+                    f"class names {'match' if names_match else 'do not match'}"
+                )
+            mlflow.log_artifacts(str(staged), f"savedmodel/{export.model_name}/{export.version}")
+        report = {
+            "model_name": export.model_name,
+            "version": export.version,
+            "images_checked": agreement.images,
+            "mismatched_classes": agreement.mismatched_classes,
+            "max_abs_difference": agreement.max_abs_difference,
+        }
+        mlflow.log_metric("export_max_abs_difference", agreement.max_abs_difference)
+        mlflow.set_tags({"export.path": str(output), "export.version": str(export.version)})
+        artifacts.write_json(report_path, report)
+    return report
+
+
+def _predict_in_fresh_process(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    # A fresh interpreter proves the SavedModel stands alone: nothing from this process's Keras
+    # objects, custom layers or graph can leak into the reload.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(serving.predict_savedmodel, str(path), images).result()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--model-dir", type=Path, required=True, help="folder written by the train stage")
+    parser.add_argument("--test", type=Path, required=True, help="test split (.npz) to verify the export on")
+    parser.add_argument("--output", type=Path, required=True, help="SavedModel version folder to write")
+    parser.add_argument("--report", type=Path, required=True, help="export report to write (.json)")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    report = run(params.export, args.model_dir, args.test, args.output, args.report)
+    print(
+        f"export: SavedModel -> {args.output}; reloaded in a fresh process, {report['images_checked']} test "
+        f"images agree (max probability difference {report['max_abs_difference']:.2g})"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(cli.execute("export", main))

@@ -1,0 +1,126 @@
+"""Shared fixtures: tiny generated datasets, the project's params, and a shrunken copy of the project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from stages.datasets import Dataset
+from stages.params import Params, parse_params
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+# Small enough that `dvc repro` spends its time on imports, big enough that every split of every
+# class has images: 300 images, 2 epochs.
+TINY_OVERRIDES = {
+    "data": {"max_images": 300},
+    "train": {"epochs": 2, "warmup_epochs": 0, "filters": 8, "dense_units": 32, "batch_size": 32},
+}
+
+
+def make_images(classes: int = 3, per_class: int = 20, size: int = 12, channels: int = 1, seed: int = 0) -> Dataset:
+    """Generate a learnable dataset: each class is a bright bar at its own position, plus noise."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 40, size=(classes * per_class, size, size, channels), dtype=np.uint8)
+    labels = np.repeat(np.arange(classes), per_class)
+    band = max(1, size // classes)
+    for row, label in enumerate(labels):
+        images[row, label * band : (label + 1) * band, :, :] = 220
+    order = rng.permutation(len(labels))
+    return Dataset(images[order], labels[order].astype(np.int64), tuple(f"class_{index}" for index in range(classes)))
+
+
+@pytest.fixture
+def tiny_dataset() -> Dataset:
+    return make_images()
+
+
+def raw_params() -> dict:
+    return yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    result = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
+    for section, values in overrides.items():
+        result[section] = {**result.get(section, {}), **values}
+    return result
+
+
+@pytest.fixture
+def params() -> Params:
+    """The project's params, shrunk to tiny sizes."""
+    return parse_params(merged(raw_params(), TINY_OVERRIDES))
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A throwaway SQLite tracking store; the project's own store is never touched by tests."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for variable in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE"):
+        monkeypatch.delenv(variable, raising=False)
+    return uri
+
+
+def tracked_files() -> list[str]:
+    """The project's files as git sees them (committed or not, ignored ones excluded)."""
+    result = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [line for line in result.stdout.splitlines() if (PROJECT_ROOT / line).is_file()]
+
+
+def pipeline_env(**extra: str) -> dict[str, str]:
+    """The environment a user's shell would have after activating .venv, with no tracking URI set."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def git(cwd: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout
+
+
+def make_project(parent: Path) -> Path:
+    """Copy the project into its own git repository under `parent`, with tiny params committed.
+
+    Only files git knows about are copied, as a fresh clone would have them: no .venv, no MLflow
+    store, no DVC cache or outputs.
+    """
+    root = parent / "project"
+    for name in tracked_files():
+        if name.startswith("dvc.lock") or name.startswith("reports/"):
+            continue  # outputs of the committed reference run; the copy makes its own
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / name, target)
+    (root / "params.yaml").write_text(yaml.safe_dump(merged(raw_params(), TINY_OVERRIDES), sort_keys=False))
+    git(root, "init", "--quiet", "--initial-branch", "main")
+    git(root, "add", "--all")
+    git(root, "commit", "--quiet", "--message", "tiny project")
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path)

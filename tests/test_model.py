@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from stages import model
+from stages.datasets import Dataset
+from stages.params import Params, TrainParams
+
+
+def tiny(params: Params, **changes) -> TrainParams:
+    return params.train.model_copy(update=changes)
+
+
+def test_model_takes_uint8_images_and_outputs_probabilities(params: Params) -> None:
+    classifier = model.build_model((12, 12, 1), 3, tiny(params, conv_blocks=2))
+    assert classifier.input.dtype == "uint8"
+    probabilities = classifier(np.zeros((5, 12, 12, 1), np.uint8), training=False)
+    assert probabilities.shape == (5, 3)
+    assert np.allclose(np.sum(probabilities, axis=1), 1.0, atol=1e-5)
+
+
+def test_architecture_follows_params(params: Params) -> None:
+    with_bn = model.build_model((16, 16, 1), 4, tiny(params, conv_blocks=3, convs_per_block=2, batch_norm=True))
+    names = [layer.name for layer in with_bn.layers]
+    assert sum(name.endswith(("_conv1", "_conv2")) for name in names) == 6
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in with_bn.layers) == 6
+    assert with_bn.get_layer("block3_conv1").filters == params.train.filters * 4
+
+    plain = model.build_model(
+        (16, 16, 3), 4, tiny(params, batch_norm=False, pooling="global_average", dense_units=0, augment_translation=0)
+    )
+    layer_types = {type(layer) for layer in plain.layers}
+    assert keras.layers.BatchNormalization not in layer_types
+    assert keras.layers.GlobalAveragePooling2D in layer_types
+    assert keras.layers.RandomTranslation not in layer_types
+    assert "dense" not in [layer.name for layer in plain.layers]
+
+
+def test_rescaling_is_inside_the_model(params: Params) -> None:
+    classifier = model.build_model((12, 12, 1), 3, tiny(params))
+    assert isinstance(classifier.get_layer("rescale"), keras.layers.Rescaling)
+
+
+def test_too_many_blocks_for_the_image_size(params: Params) -> None:
+    with pytest.raises(ValueError, match=r"conv_blocks = 5 halves 12x12 images to nothing; use at most 3 blocks"):
+        model.build_model((12, 12, 1), 3, tiny(params, conv_blocks=5))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "nadam", "rmsprop", "sgd"])
+def test_every_optimizer_compiles(params: Params, optimizer: str) -> None:
+    classifier = model.build_model((12, 12, 1), 3, tiny(params))
+    model.compile_model(classifier, tiny(params, optimizer=optimizer), steps_per_epoch=4)
+    assert type(classifier.optimizer).__name__.lower() == optimizer
+
+
+def test_cosine_schedule_warms_up_then_decays(params: Params) -> None:
+    settings = tiny(params, learning_rate=0.01, lr_schedule="cosine", epochs=4, warmup_epochs=1)
+    schedule = model.learning_rate(settings, steps_per_epoch=10)
+    rates = [float(schedule(step)) for step in (0, 10, 25, 40)]
+    assert rates[0] == pytest.approx(0.001)
+    assert rates[1] == pytest.approx(0.01)
+    assert rates[1] > rates[2] > rates[3]
+    assert model.learning_rate(tiny(params, lr_schedule="constant", learning_rate=0.02), 10) == 0.02
+
+
+def test_one_hot_pipeline(tiny_dataset: Dataset) -> None:
+    data = model.make_dataset(tiny_dataset.images, tiny_dataset.labels, 3, batch_size=16, one_hot=True)
+    images, labels = next(iter(data))
+    assert images.shape == (16, 12, 12, 1)
+    assert labels.shape == (16, 3)
+    assert np.array_equal(np.argmax(labels, axis=1), tiny_dataset.labels[:16])
+
+
+def train_once(params: Params, dataset: Dataset, loss: str = "sparse_categorical_crossentropy") -> tuple:
+    settings = tiny(params, epochs=3, batch_size=16, loss=loss, warmup_epochs=0)
+    model.seed_everything(settings.seed)
+    classifier = model.build_model(dataset.images.shape[1:], 3, settings)
+    model.compile_model(classifier, settings, steps_per_epoch=4)
+    one_hot = model.uses_one_hot_labels(settings)
+    data = model.make_dataset(dataset.images, dataset.labels, 3, 16, one_hot, shuffle_seed=settings.seed)
+    history = classifier.fit(data, epochs=settings.epochs, verbose=0, shuffle=False)
+    return history.history["loss"], classifier.get_weights()
+
+
+def test_training_learns_and_is_deterministic(params: Params, tiny_dataset: Dataset) -> None:
+    losses, weights = train_once(params, tiny_dataset)
+    again_losses, again_weights = train_once(params, tiny_dataset)
+    assert losses[-1] < losses[0]
+    assert losses == again_losses
+    assert all(np.array_equal(a, b) for a, b in zip(weights, again_weights, strict=True))
+
+
+def test_categorical_loss_trains(params: Params, tiny_dataset: Dataset) -> None:
+    losses, _ = train_once(params, tiny_dataset, loss="categorical_crossentropy")
+    assert losses[-1] < losses[0]

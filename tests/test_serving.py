@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from stages import model, serving
+from stages.datasets import Dataset
+from stages.params import Params
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    from stages.params import parse_params
+    from tests.conftest import make_images, merged, raw_params
+
+    params = parse_params(merged(raw_params(), {"train": {"filters": 4, "dense_units": 8}}))
+    dataset = make_images(classes=3, per_class=10, size=12)
+    model.seed_everything(0)
+    classifier = model.build_model((12, 12, 1), 3, params.train)
+    path = tmp_path_factory.mktemp("savedmodel") / "1"
+    serving.export_savedmodel(classifier, dataset.class_names, path)
+    return classifier, dataset, path
+
+
+def test_layout_and_signature(exported: tuple) -> None:
+    _, _, path = exported
+    assert (path / "saved_model.pb").is_file()
+    assert (path / "variables").is_dir()
+    loaded = tf.saved_model.load(str(path))
+    assert set(loaded.signatures) == {"serve", "serving_default"}
+    signature = loaded.signatures["serving_default"]
+    (spec,) = signature.structured_input_signature[1].values()
+    assert spec.dtype == tf.uint8
+    assert spec.shape.as_list() == [None, 12, 12, 1]
+    outputs = signature.structured_outputs
+    assert set(outputs) == set(serving.OUTPUTS)
+    assert outputs["probabilities"].dtype == tf.float32
+    assert outputs["class_id"].dtype == tf.int64
+    assert outputs["class_name"].dtype == tf.string
+
+
+@pytest.mark.parametrize("batch", [1, 7, 30])
+def test_reloaded_model_matches_keras_at_any_batch_size(exported: tuple, batch: int) -> None:
+    classifier, dataset, path = exported
+    images = dataset.images[:batch]
+    expected = classifier.predict(images, verbose=0)
+    outputs = serving.predict_savedmodel(path, images, batch_size=4)
+    agreement = serving.compare(expected, outputs["probabilities"])
+    assert agreement.images == batch
+    assert agreement.mismatched_classes == 0
+    assert agreement.max_abs_difference <= 1e-5
+    assert np.array_equal(outputs["class_id"], expected.argmax(axis=1))
+    names = np.array(dataset.class_names)[outputs["class_id"]]
+    assert outputs["class_name"].astype(str).tolist() == names.tolist()
+
+
+def test_serve_rejects_wrong_dtype_and_shape(exported: tuple) -> None:
+    _, _, path = exported
+    loaded = tf.saved_model.load(str(path))
+    with pytest.raises((TypeError, ValueError)):
+        loaded.serve(tf.zeros((1, 12, 12, 1), tf.float32))
+    with pytest.raises((TypeError, ValueError)):
+        loaded.serve(tf.zeros((1, 10, 10, 1), tf.uint8))
+
+
+def test_compare_detects_disagreement() -> None:
+    keras_probabilities = np.array([[0.9, 0.1], [0.4, 0.6]], np.float32)
+    agreement = serving.compare(keras_probabilities, np.array([[0.9, 0.1], [0.6, 0.4]], np.float32))
+    assert agreement.mismatched_classes == 1
+    assert agreement.max_abs_difference == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="shape"):
+        serving.compare(keras_probabilities, keras_probabilities[:1])
+
+
+def test_export_rgb_model(tmp_path: Path, params: Params, tiny_dataset: Dataset) -> None:
+    classifier = model.build_model((12, 12, 3), 3, params.train)
+    serving.export_savedmodel(classifier, tiny_dataset.class_names, tmp_path / "rgb")
+    outputs = serving.predict_savedmodel(tmp_path / "rgb", np.zeros((2, 12, 12, 3), np.uint8))
+    assert outputs["probabilities"].shape == (2, 3)

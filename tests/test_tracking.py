@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from stages import tracking
+
+
+def test_default_store_is_absolute_sqlite_at_dvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(Path("/"))
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_default_store_without_dvc_is_the_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def test_environment_overrides_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5999"
+
+
+def test_redact_hides_credentials() -> None:
+    assert tracking.redact("https://alice:s3cret@mlflow.example.com:8443/x") == "https://***@mlflow.example.com:8443/x"
+    assert tracking.redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+
+
+def test_experiment_is_created_for_model_training_with_artifacts_beside_store(mlflow_store: str) -> None:
+    experiment_id = tracking.experiment_id("demo", mlflow_store)
+    assert tracking.experiment_id("demo", mlflow_store) == experiment_id
+    experiment = MlflowClient(mlflow_store).get_experiment(experiment_id)
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    store_folder = Path(mlflow_store[len("sqlite:///") :]).parent
+    assert experiment.artifact_location == (store_folder / "mlruns").as_uri()
+
+
+def test_deleted_experiment_is_a_clear_error(mlflow_store: str) -> None:
+    client = MlflowClient(mlflow_store)
+    client.delete_experiment(tracking.experiment_id("gone", mlflow_store))
+    with pytest.raises(ValueError, match="'gone' is deleted"):
+        tracking.experiment_id("gone", mlflow_store)
+
+
+def status(run_id: str) -> str:
+    return MlflowClient().get_run(run_id).info.status
+
+
+def test_run_finishes(mlflow_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-abc12")
+    with tracking.start_run("demo", {"data.digest": "d1"}) as run_id:
+        tracking.log_params({"train.epochs": 3, "data.max_images": None})
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "exp-abc12"
+    assert run.data.params == {"train.epochs": "3", "data.max_images": "null"}
+    assert run.data.tags["data.digest"] == "d1"
+
+
+def test_run_tags_carry_dvc_experiment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-abc12")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "f" * 40)
+    monkeypatch.chdir(tmp_path)
+    tags = tracking.run_tags("digest")
+    assert tags["dvc.exp_name"] == "exp-abc12"
+    assert tags["dvc.exp_baseline_rev"] == "f" * 40
+    assert "mlflow.source.git.commit" not in tags  # not a git repository
+
+
+def test_failed_run_is_marked_failed_with_reason(mlflow_store: str) -> None:
+    with pytest.raises(RuntimeError), tracking.start_run("demo", {}) as run_id:
+        raise RuntimeError("loss is NaN")
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == "RuntimeError: loss is NaN"
+    assert mlflow.active_run() is None
+
+
+def test_interrupted_run_is_marked_killed(mlflow_store: str) -> None:
+    with pytest.raises(KeyboardInterrupt), tracking.start_run("demo", {}) as run_id:
+        raise KeyboardInterrupt
+    assert status(run_id) == "KILLED"
+
+
+def test_resume_attaches_to_the_same_run(mlflow_store: str) -> None:
+    with tracking.start_run("demo", {}) as run_id:
+        tracking.log_params({"train.epochs": 3})
+    with tracking.resume_run(run_id, source="models/trained/mlflow_run.json"):
+        tracking.log_params({"export.version": 1, "train.epochs": 3})
+        mlflow.log_metric("test_accuracy", 0.9)
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"train.epochs": "3", "export.version": "1"}
+    assert run.data.metrics["test_accuracy"] == 0.9
+
+
+def test_changed_param_on_resume_is_recorded_as_a_tag(mlflow_store: str) -> None:
+    with tracking.start_run("demo", {}) as run_id:
+        tracking.log_params({"export.version": 1})
+    with tracking.resume_run(run_id, source="run.json"):
+        tracking.log_params({"export.version": 2})
+    run = MlflowClient().get_run(run_id)
+    assert run.data.params["export.version"] == "1"
+    assert run.data.tags["param_update.export.version"] == "2"
+
+
+def test_resume_of_unknown_run_names_the_source(mlflow_store: str) -> None:
+    resumed = tracking.resume_run("0123abcd", source="models/trained/mlflow_run.json")
+    with pytest.raises(ValueError, match=r"run 0123abcd \(from models/trained/mlflow_run.json\) is not in"):
+        resumed.__enter__()
