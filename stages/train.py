@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -12,13 +11,12 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
+import tensorflow as tf
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
 from stages import artifacts, cli, datasets, model, tracking, trained
 from stages.params import Params, flatten, load_params
-
-logger = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
@@ -97,7 +95,7 @@ def run(
                 classifier,
                 name="model",
                 signature=_signature(train_set.images.shape[1:], num_classes),
-                pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={_tensorflow_version()}"],
+                pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
             )
         artifacts.write_csv(history_path, rows, HISTORY_FIELDS)
         artifacts.write_json(summary_path, summary)
@@ -139,12 +137,6 @@ def _signature(image_shape: tuple[int, ...], num_classes: int) -> ModelSignature
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape), "images")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "probabilities")]),
     )
-
-
-def _tensorflow_version() -> str:
-    import tensorflow as tf
-
-    return tf.__version__
 
 
 def main(argv: Sequence[str] | None = None) -> None:

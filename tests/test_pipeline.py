@@ -98,12 +98,21 @@ def test_savedmodel_reloads_and_matches(built: Path) -> None:
 
 
 def test_dvc_metrics_and_plots_show(built: Path) -> None:
-    metrics = json.loads(dvc(built, "metrics", "show", "--json").stdout)
-    workspace = metrics["workspace"]["data"]
-    assert "accuracy" in workspace["reports/evaluate/metrics.json"]["data"]
-    plots = dvc(built, "plots", "show", "--json", "--split").stdout
-    for name in ("Loss", "Accuracy", "Confusion matrix", "reports/evaluate/confusion_matrix.png"):
-        assert name in plots
+    (workspace,) = json.loads(dvc(built, "metrics", "show", "--json").stdout).values()
+    shown = workspace["data"]["reports/evaluate/metrics.json"]["data"]
+    assert shown == json.loads((built / "reports/evaluate/metrics.json").read_text())
+    assert "train_seconds" in workspace["data"]["reports/train/summary.json"]["data"]
+    plots = json.loads(dvc(built, "plots", "show", "--json").stdout)["data"]
+    assert set(plots) == {
+        "Loss",
+        "Accuracy",
+        "reports/train/history.csv",
+        "reports/evaluate/confusion.csv",
+        "reports/evaluate/per_class.csv",
+        "reports/evaluate/confusion_matrix.png",
+    }
+    (confusion,) = plots["reports/evaluate/confusion.csv"]
+    assert confusion["content"]["data"]["values"][0].keys() >= {"actual", "predicted"}
 
 
 def test_second_repro_runs_nothing_and_readme_changes_run_nothing(built: Path) -> None:

@@ -109,6 +109,8 @@ def test_one_mlflow_run_holds_everything(pipeline) -> None:
     assert len(run.data.tags["data.digest"]) == 64
     artifacts_logged = {item.path for item in client.list_artifacts(run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts_logged
+    logged_models = client.search_logged_models([run.info.experiment_id])
+    assert [logged.source_run_id for logged in logged_models] == [run_id]
     assert {item.path for item in client.list_artifacts(run_id, "savedmodel/digits/1")} >= {
         "savedmodel/digits/1/saved_model.pb",
         "savedmodel/digits/1/variables",
