@@ -174,6 +174,15 @@ def resume_run(run_id: str, source: str) -> Iterator[str]:
         yield run_id
 
 
+def run_exists(run_id: str) -> bool:
+    """Whether the configured store holds a run with this id."""
+    try:
+        MlflowClient(tracking_uri=configure()).get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
 def log_params(params: Mapping[str, Any]) -> None:
     """Log params to the active run, keeping values already logged.
 

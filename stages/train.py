@@ -1,11 +1,17 @@
-"""DVC stage `train`: fit the CNN on the train split and record the run in MLflow."""
+"""DVC stage `train`: fit the CNN on the train split and record the run in MLflow.
+
+Training saves a checkpoint after every epoch outside DVC's outputs; when a run is killed, the next
+`dvc repro` continues from the last completed epoch, in the same MLflow run, with the same result.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import math
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import keras
@@ -15,9 +21,12 @@ import tensorflow as tf
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
-from stages import artifacts, cli, datasets, model, tracking, trained
+from stages import artifacts, cli, datasets, model, resume, tracking, trained
 from stages.params import Params, flatten, load_params
 
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.npz"
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
 
@@ -28,14 +37,19 @@ def run(
     model_dir: Path,
     history_path: Path,
     summary_path: Path,
+    timing_path: Path,
+    checkpoint_dir: Path,
 ) -> dict:
-    """Train the model, write it with the id of its MLflow run, its history and a summary.
+    """Train the model, write it with the id of its MLflow run, its history, summary and timing.
 
     `params` is the whole file because the run records the data, split and train params that
     produced the model; only `train` and `mlflow` steer the training itself.
 
     Returns:
         The training summary written to `summary_path`.
+
+    Raises:
+        ValueError: inconsistent inputs, or a loss that became NaN or infinite.
     """
     train_set = artifacts.load_dataset(train_path)
     validation_set = artifacts.load_dataset(validation_path)
@@ -47,48 +61,76 @@ def run(
         raise ValueError(f"{validation_path} and {train_path} disagree on image shape")
 
     settings = params.train
-    model.seed_everything(settings.seed)
     num_classes = len(train_set.class_names)
-    classifier = model.build_model(train_set.images.shape[1:], num_classes, settings)
-    steps_per_epoch = -(-len(train_set) // settings.batch_size)
-    model.compile_model(classifier, settings, steps_per_epoch)
-    one_hot = model.uses_one_hot_labels(settings)
-    train_data = model.make_dataset(
-        train_set.images, train_set.labels, num_classes, settings.batch_size, one_hot, shuffle_seed=settings.seed
-    )
-    validation_data = model.make_dataset(
-        validation_set.images, validation_set.labels, num_classes, settings.batch_size, one_hot
-    )
-
     data_digest = datasets.digest(train_set.images, train_set.labels, validation_set.images, validation_set.labels)
     logged_params = {
         key: value
         for key, value in flatten(params).items()
         if key.split(".")[0] in ("data", "split", "train", "mlflow")
     }
-    with tracking.start_run(params.mlflow.experiment_name, tracking.run_tags(data_digest)) as run_id:
+    checkpoint_path = checkpoint_dir / CHECKPOINT_FILE
+    key = resume.checkpoint_key(logged_params, data_digest)
+    previous = resume.load(checkpoint_path, key)
+    if previous is not None and not tracking.run_exists(previous.run_id):
+        logger.warning("checkpoint %s names a run no longer in MLflow; training from scratch", checkpoint_path)
+        previous = None
+
+    model.seed_everything(settings.seed)
+    classifier = model.build_model(train_set.images.shape[1:], num_classes, settings)
+    steps = model.steps_per_epoch(len(train_set), settings.batch_size)
+    model.compile_model(classifier, settings, steps)
+    if previous is not None:
+        resume.restore(classifier, previous.variables)
+        logger.info("resuming from %s after epoch %d of %d", checkpoint_path, previous.epoch, settings.epochs)
+    first_epoch = previous.epoch if previous is not None else 0
+    one_hot = model.uses_one_hot_labels(settings)
+    train_data = model.make_training_dataset(
+        train_set.images, train_set.labels, num_classes, settings.batch_size, settings.seed,
+        first_epoch, settings.epochs, one_hot,
+    )  # fmt: skip
+    validation_data = model.make_dataset(
+        validation_set.images, validation_set.labels, num_classes, settings.batch_size, one_hot
+    )
+
+    with _mlflow_run(params, data_digest, previous) as run_id:
         tracking.log_params(logged_params)
         mlflow.log_metric("param_count", classifier.count_params())
-        started = time.perf_counter()
-        history = classifier.fit(
-            train_data,
-            validation_data=validation_data,
-            epochs=settings.epochs,
-            verbose=2,
-            callbacks=_callbacks(settings.early_stopping_patience),
-            shuffle=False,  # the tf.data pipeline shuffles, with the seed
+        checkpoint = previous or resume.Checkpoint(key=key, run_id=run_id)
+        early_stopping = (
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=settings.early_stopping_patience, restore_best_weights=True
+            )
+            if settings.early_stopping_patience
+            else None
         )
-        train_seconds = time.perf_counter() - started
-        rows = _history_rows(history.history)
+        callbacks = [_EpochLogger(), _StopOnNonFiniteLoss(settings.learning_rate)]
+        callbacks += [early_stopping] if early_stopping else []
+        callbacks.append(resume.EpochCheckpoint(checkpoint_path, checkpoint, early_stopping))
+        if first_epoch < settings.epochs:
+            classifier.fit(
+                train_data,
+                validation_data=validation_data,
+                epochs=settings.epochs,
+                initial_epoch=first_epoch,
+                steps_per_epoch=steps,
+                verbose=2,
+                callbacks=callbacks,
+                shuffle=False,  # make_training_dataset shuffles, as a function of seed and epoch
+            )
+        rows = [_history_row(row) for row in checkpoint.history]
         best = min(rows, key=lambda row: row["val_loss"])
         summary = {
             "param_count": classifier.count_params(),
             "epochs_run": len(rows),
             "best_epoch": best["epoch"],
             "best_val_accuracy": best["val_accuracy"],
-            "train_seconds": round(train_seconds, 2),
         }
-        mlflow.log_metrics({"train_seconds": summary["train_seconds"], "best_epoch": best["epoch"]})
+        timing = {
+            "train_seconds": round(checkpoint.seconds, 2),
+            "seconds_per_epoch": round(checkpoint.seconds / len(rows), 3),
+            "resumed_after_epoch": first_epoch,
+        }
+        mlflow.log_metrics({"train_seconds": timing["train_seconds"], "best_epoch": best["epoch"]})
         with artifacts.atomic_path(model_dir) as staged:
             trained.save(classifier, run_id, staged)
             mlflow.keras.log_model(
@@ -99,8 +141,21 @@ def run(
             )
         artifacts.write_csv(history_path, rows, HISTORY_FIELDS)
         artifacts.write_json(summary_path, summary)
+        artifacts.write_json(timing_path, timing)
         mlflow.log_artifact(str(history_path), "training")
+    checkpoint_path.unlink(missing_ok=True)
     return summary
+
+
+@contextlib.contextmanager
+def _mlflow_run(params: Params, data_digest: str, previous: resume.Checkpoint | None) -> Iterator[str]:
+    if previous is not None:
+        with tracking.resume_run(previous.run_id, source="the training checkpoint") as run_id:
+            mlflow.set_tag("resumed_after_epoch", str(previous.epoch))
+            yield run_id
+    else:
+        with tracking.start_run(params.mlflow.experiment_name, tracking.run_tags(data_digest)) as run_id:
+            yield run_id
 
 
 class _EpochLogger(keras.callbacks.Callback):
@@ -112,24 +167,25 @@ class _EpochLogger(keras.callbacks.Callback):
         mlflow.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch + 1)
 
 
-def _callbacks(patience: int) -> list[keras.callbacks.Callback]:
-    callbacks: list[keras.callbacks.Callback] = [_EpochLogger()]
-    if patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-        )
-    return callbacks
+class _StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Fail the run, before the epoch is checkpointed, when the loss is NaN or infinite."""
+
+    def __init__(self, learning_rate: float) -> None:
+        super().__init__()
+        self.learning_rate = learning_rate
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for name in ("loss", "val_loss"):
+            value = float((logs or {}).get(name, 0.0))
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"training diverged: {name} became {value} in epoch {epoch + 1}; lower "
+                    f"train.learning_rate (now {self.learning_rate:g}) or turn train.batch_norm on"
+                )
 
 
-def _history_rows(history: dict[str, list[float]]) -> list[dict]:
-    epochs = len(history["loss"])
-    return [
-        {
-            "epoch": epoch + 1,
-            **{name: round(float(history[name][epoch]), 6) for name in HISTORY_FIELDS[1:] if name in history},
-        }
-        for epoch in range(epochs)
-    ]
+def _history_row(row: dict[str, float]) -> dict[str, float]:
+    return {"epoch": int(row["epoch"]), **{name: round(row[name], 6) for name in HISTORY_FIELDS[1:] if name in row}}
 
 
 def _signature(image_shape: tuple[int, ...], num_classes: int) -> ModelSignature:
@@ -147,12 +203,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model-dir", type=Path, required=True, help="folder to write the model into")
     parser.add_argument("--history", type=Path, required=True, help="per-epoch history to write (.csv)")
     parser.add_argument("--summary", type=Path, required=True, help="training summary to write (.json)")
+    parser.add_argument("--timing", type=Path, required=True, help="training time to write (.json)")
+    parser.add_argument(
+        "--checkpoint-dir", type=Path, required=True, help="folder for the per-epoch checkpoint (not a DVC output)"
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    summary = run(params, args.train, args.validation, args.model_dir, args.history, args.summary)
+    summary = run(
+        params,
+        args.train,
+        args.validation,
+        args.model_dir,
+        args.history,
+        args.summary,
+        args.timing,
+        args.checkpoint_dir,
+    )
     print(
-        f"train: {summary['epochs_run']} epochs in {summary['train_seconds']:.1f} s, best epoch "
-        f"{summary['best_epoch']} (validation accuracy {summary['best_val_accuracy']:.4f}) -> {args.model_dir}"
+        f"train: {summary['epochs_run']} epochs, best epoch {summary['best_epoch']} "
+        f"(validation accuracy {summary['best_val_accuracy']:.4f}) -> {args.model_dir}"
     )
 
 

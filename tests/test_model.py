@@ -73,14 +73,36 @@ def test_one_hot_pipeline(tiny_dataset: Dataset) -> None:
     assert np.array_equal(np.argmax(labels, axis=1), tiny_dataset.labels[:16])
 
 
+def batches(dataset: Dataset, first_epoch: int, epochs: int) -> list[list[int]]:
+    data = model.make_training_dataset(
+        dataset.images, dataset.labels, 3, 16, seed=5, first_epoch=first_epoch, epochs=epochs
+    )
+    return [labels.numpy().tolist() for _, labels in data]
+
+
+def test_training_batches_depend_only_on_seed_and_epoch(tiny_dataset: Dataset) -> None:
+    full = batches(tiny_dataset, 0, 3)
+    steps = model.steps_per_epoch(len(tiny_dataset), 16)
+    assert len(full) == 3 * steps
+    assert [len(batch) for batch in full[:steps]] == [16, 16, 16, 12]
+    assert batches(tiny_dataset, 2, 3) == full[2 * steps :]
+    assert full[:steps] != full[steps : 2 * steps]  # reshuffled every epoch
+    for epoch in range(3):
+        epoch_labels = sorted(label for batch in full[epoch * steps : (epoch + 1) * steps] for label in batch)
+        assert epoch_labels == sorted(tiny_dataset.labels.tolist())
+
+
 def train_once(params: Params, dataset: Dataset, loss: str = "sparse_categorical_crossentropy") -> tuple:
     settings = tiny(params, epochs=3, batch_size=16, loss=loss, warmup_epochs=0)
     model.seed_everything(settings.seed)
     classifier = model.build_model(dataset.images.shape[1:], 3, settings)
     model.compile_model(classifier, settings, steps_per_epoch=4)
     one_hot = model.uses_one_hot_labels(settings)
-    data = model.make_dataset(dataset.images, dataset.labels, 3, 16, one_hot, shuffle_seed=settings.seed)
-    history = classifier.fit(data, epochs=settings.epochs, verbose=0, shuffle=False)
+    data = model.make_training_dataset(
+        dataset.images, dataset.labels, 3, 16, settings.seed, first_epoch=0, epochs=settings.epochs, one_hot=one_hot
+    )
+    steps = model.steps_per_epoch(len(dataset), 16)
+    history = classifier.fit(data, epochs=settings.epochs, steps_per_epoch=steps, verbose=0, shuffle=False)
     return history.history["loss"], classifier.get_weights()
 
 

@@ -25,6 +25,8 @@ def run_pipeline(params: Params, root: Path) -> dict[str, Path]:
         "model": root / "models/trained",
         "history": root / "reports/train/history.csv",
         "summary": root / "reports/train/summary.json",
+        "timing": root / "reports/train/timing.json",
+        "checkpoints": root / "checkpoints/train",
         "metrics": root / "reports/evaluate/metrics.json",
         "per_class": root / "reports/evaluate/per_class.csv",
         "confusion": root / "reports/evaluate/confusion.csv",
@@ -39,7 +41,16 @@ def run_pipeline(params: Params, root: Path) -> dict[str, Path]:
         {name: paths[name] for name in ("train", "validation", "test")},
         paths["split_report"],
     )
-    train.run(params, paths["train"], paths["validation"], paths["model"], paths["history"], paths["summary"])
+    train.run(
+        params,
+        paths["train"],
+        paths["validation"],
+        paths["model"],
+        paths["history"],
+        paths["summary"],
+        paths["timing"],
+        paths["checkpoints"],
+    )
     evaluate.run(
         params.evaluate,
         paths["model"],
@@ -131,6 +142,14 @@ def test_outputs_for_dvc_metrics_and_plots(pipeline) -> None:
     assert paths["figure"].read_bytes().startswith(b"\x89PNG")
 
 
+def test_checkpoint_is_removed_after_success(pipeline) -> None:
+    _, paths, _ = pipeline
+    assert not (paths["checkpoints"] / train.CHECKPOINT_FILE).exists()
+    timing = artifacts.read_json(paths["timing"])
+    assert timing["train_seconds"] > 0
+    assert timing["resumed_after_epoch"] == 0
+
+
 def test_savedmodel_matches_keras(pipeline) -> None:
     _, paths, _ = pipeline
     report = artifacts.read_json(paths["export_report"])
@@ -148,8 +167,13 @@ def test_rerun_gives_identical_metrics(pipeline, tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
         again = run_pipeline(params, tmp_path)
-    assert again["metrics"].read_text() == paths["metrics"].read_text()
-    assert again["confusion"].read_text() == paths["confusion"].read_text()
+    for name in ("statistics", "split_report", "history", "summary", "metrics", "per_class", "confusion"):
+        assert again[name].read_bytes() == paths[name].read_bytes(), name
+    test_images = artifacts.load_dataset(paths["test"]).images
+    assert np.array_equal(
+        serving.predict_savedmodel(again["savedmodel"], test_images)["probabilities"],
+        serving.predict_savedmodel(paths["savedmodel"], test_images)["probabilities"],
+    )
 
 
 def test_export_refuses_a_model_that_disagrees(pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,3 +193,38 @@ def test_export_refuses_a_model_that_disagrees(pipeline, tmp_path: Path, monkeyp
     run = MlflowClient(uri).get_run(trained.run_id(paths["model"]))
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"].startswith("ValueError: the reloaded SavedModel disagrees")
+
+
+def test_non_finite_loss_fails_the_run_with_a_reason(pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras
+
+    from stages import model
+
+    params, paths, _ = pipeline
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    build = model.build_model
+
+    def diverging(input_shape, num_classes, settings):
+        classifier = build(input_shape, num_classes, settings)
+        outputs = keras.layers.Lambda(lambda probabilities: probabilities * float("nan"))(classifier.output)
+        return keras.Model(classifier.input, outputs)
+
+    monkeypatch.setattr(model, "build_model", diverging)
+    outputs = {name: tmp_path / name for name in ("model", "history.csv", "summary.json", "timing.json")}
+    with pytest.raises(ValueError, match=r"training diverged: loss became nan in epoch 1; lower train.learning_rate"):
+        train.run(
+            params,
+            paths["train"],
+            paths["validation"],
+            outputs["model"],
+            outputs["history.csv"],
+            outputs["summary.json"],
+            outputs["timing.json"],
+            tmp_path / "checkpoints",
+        )
+    assert not any(path.exists() for path in outputs.values())
+    assert not (tmp_path / "checkpoints" / train.CHECKPOINT_FILE).exists()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name(params.mlflow.experiment_name).experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"].startswith("ValueError: training diverged: loss became nan")
