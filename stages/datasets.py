@@ -139,6 +139,8 @@ def stratified_split(
 
     if len(labels) != len(hashes):
         raise ValueError(f"got {len(hashes)} hashes for {len(labels)} labels")
+    if len(labels) == 0:
+        raise ValueError("cannot split an empty dataset")
     first_row: dict[str, int] = {}
     group_of_row = np.empty(len(labels), dtype=np.int64)
     for row, content in enumerate(hashes):

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -37,27 +37,70 @@ def project_root() -> Path:
 
 
 def tracking_uri(root: Path | None = None) -> str:
-    """`MLFLOW_TRACKING_URI` when set, else an absolute SQLite store at the project root."""
+    """`MLFLOW_TRACKING_URI` when set, else an absolute SQLite store at the project root.
+
+    Raises:
+        ValueError: `MLFLOW_TRACKING_URI` is set to something MLflow could not use.
+    """
     configured = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if configured:
+        check_uri(configured)
         return configured
     return f"sqlite:///{(root or project_root()) / STORE_FILE}"
+
+
+def check_uri(uri: str) -> None:
+    """Reject a tracking URI that is malformed, naming it (without credentials) and what is expected.
+
+    Raises:
+        ValueError: the URI has no known scheme, no host, a bad port, or a SQLite folder that is missing.
+    """
+    expected = "expected sqlite:///ABSOLUTE/PATH/mlflow.db or http(s)://HOST:PORT, or unset it for the project's store"
+    shown = f"MLFLOW_TRACKING_URI = {redact(uri)!r}"
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - evaluated for its ValueError on a port that is not a number
+    except ValueError as error:
+        raise ValueError(f"{shown}: {error}; {expected}") from None
+    scheme = parts.scheme.split("+")[0]
+    if scheme == "databricks":
+        return
+    if scheme not in _URI_SCHEMES or "://" not in uri:
+        raise ValueError(f"{shown}: not a tracking URI; {expected}")
+    if scheme in ("http", "https") and not parts.hostname:
+        raise ValueError(f"{shown}: no host; {expected}")
+    if scheme == "sqlite":
+        if not uri.startswith("sqlite:///"):
+            raise ValueError(f"{shown}: a SQLite URI has three slashes before the path; {expected}")
+        folder = Path(uri[len("sqlite:///") :]).parent
+        if not folder.is_dir():
+            raise ValueError(f"{shown}: folder {folder} does not exist")
+
+
+_URI_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file")
 
 
 def redact(uri: str) -> str:
     """Drop any user name and password from a URI so it can be printed or logged."""
     parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
+    if "@" not in parts.netloc:
         return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def configure(root: Path | None = None) -> str:
-    """Point MLflow at the project's store and return the URI in use."""
+    """Point MLflow at the project's store and return the URI in use.
+
+    A user name and password in an http(s) URI move to MLflow's `MLFLOW_TRACKING_USERNAME` and
+    `MLFLOW_TRACKING_PASSWORD`, so MLflow never prints them (it echoes run URLs to stdout).
+    """
     uri = tracking_uri(root)
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https") and (parts.username or parts.password):
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username or ""))
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password or ""))
+        host = parts.hostname or ""
+        uri = urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
     mlflow.set_tracking_uri(uri)
     return uri
 

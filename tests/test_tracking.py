@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -115,3 +116,50 @@ def test_resume_of_unknown_run_names_the_source(mlflow_store: str) -> None:
     resumed = tracking.resume_run("0123abcd", source="models/trained/mlflow_run.json")
     with pytest.raises(ValueError, match=r"run 0123abcd \(from models/trained/mlflow_run.json\) is not in"):
         resumed.__enter__()
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        ("mlflow.db", "not a tracking URI"),
+        ("localhost:5000", "not a tracking URI"),
+        ("ftp://host/x", "not a tracking URI"),
+        ("http://", "no host"),
+        ("http://127.0.0.1:port/", "Port could not be cast to integer value"),
+        ("sqlite://relative.db", "three slashes"),
+        ("sqlite:////no/such/folder/mlflow.db", "folder /no/such/folder does not exist"),
+    ],
+)
+def test_malformed_tracking_uri_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, uri: str, problem: str) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(ValueError, match="MLFLOW_TRACKING_URI = ") as caught:
+        tracking.tracking_uri()
+    assert problem in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_malformed_uri_error_hides_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@127.0.0.1:bad/")
+    with pytest.raises(ValueError, match=r"http://\*\*\*@127.0.0.1") as caught:
+        tracking.tracking_uri()
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////tmp/mlflow.db", "http://127.0.0.1:5000", "https://mlflow.example.com"])
+def test_valid_tracking_uris_pass(monkeypatch: pytest.MonkeyPatch, uri: str) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert tracking.tracking_uri() == uri
+
+
+def test_credentials_move_out_of_the_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://alice:s%40cret@mlflow.example.com:8443")
+    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        # Set then delete, so the monkeypatch removes what configure() sets when the test ends.
+        monkeypatch.setenv(variable, "placeholder")
+        monkeypatch.delenv(variable)
+    try:
+        assert tracking.configure() == "https://mlflow.example.com:8443"
+        assert mlflow.get_tracking_uri() == "https://mlflow.example.com:8443"
+        assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("alice", "s@cret")
+    finally:
+        mlflow.set_tracking_uri(None)

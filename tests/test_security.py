@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import ast
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from stages import artifacts, trained
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, VENV_BIN, merged, raw_params
+
+SECRET = "s3cret-Pa55"
+
+
+def test_no_pickle_in_the_data_path() -> None:
+    offenders = []
+    for path in sorted((PROJECT_ROOT / "stages").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [alias.name for alias in node.names] + [getattr(node, "module", None) or ""]
+                if any(name.split(".")[0] in ("pickle", "cloudpickle", "dill", "joblib") for name in names):
+                    offenders.append(f"{path.name}:{node.lineno} imports a pickle library")
+            allows_pickle = not (isinstance(getattr(node, "value", None), ast.Constant) and node.value.value is False)
+            if isinstance(node, ast.keyword) and node.arg == "allow_pickle" and allows_pickle:
+                offenders.append(f"{path.name}:{node.lineno} allow_pickle is not False")
+    assert offenders == []
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on a free localhost port, with its own SQLite store."""
+    folder = tmp_path_factory.mktemp("server")
+    port = free_port()
+    log = (folder / "server.log").open("w")
+    process = subprocess.Popen(
+        [
+            str(VENV_BIN / "mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination", str(folder / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        stdout=log, stderr=subprocess.STDOUT, cwd=folder,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert process.poll() is None, (folder / "server.log").read_text()
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.slow
+def test_credentials_in_tracking_uri_never_leak(
+    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], caplog
+) -> None:
+    from stages.params import parse_params
+    from tests.test_stages import run_pipeline
+
+    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "DVC_ROOT", "DVC_EXP_NAME"):
+        monkeypatch.setenv(variable, "placeholder")
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.replace("http://", f"http://alice:{SECRET}@"))
+    caplog.set_level("DEBUG")
+    params = parse_params(merged(raw_params(), TINY_OVERRIDES))
+    paths = run_pipeline(params, tmp_path)
+
+    output = capfd.readouterr()
+    # MLflow echoes run URLs to stdout; that is where credentials in the URI would have shown.
+    assert f"at: {server}/#/experiments/" in output.out
+    assert SECRET not in output.out + output.err
+    assert SECRET not in caplog.text
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+    client = MlflowClient(server)
+    run = client.get_run(trained.run_id(paths["model"]))
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(
+        artifacts.read_json(paths["metrics"])["accuracy"], abs=1e-6
+    )
+    recorded = [*run.data.params.items(), *run.data.tags.items(), *run.data.metrics]
+    assert not [item for item in recorded if SECRET in str(item)]
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice"
