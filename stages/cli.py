@@ -24,8 +24,8 @@ def _interrupt(signum: int, frame: object) -> None:
 def execute(stage: str, main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> int:
     """Run a stage's `main`, mapping failures a user can fix to one line on stderr and an exit code.
 
-    Bad params exit with 2, other user errors (a `ValueError` from the library, a missing input)
-    with 1, and an interrupt or SIGTERM with 130 after the MLflow run has been closed as KILLED.
+    Bad params exit with 2, other user errors (a `ValueError` from the library, a missing input, a
+    full disk) with 1, and an interrupt or SIGTERM with 130 after the MLflow run has been closed as KILLED.
     Set `STAGES_DEBUG=1` to get the full traceback instead.
     """
     logging.basicConfig(level=logging.INFO, format=f"{stage}: %(message)s", stream=sys.stderr)
@@ -43,7 +43,7 @@ def execute(stage: str, main: Callable[[Sequence[str] | None], None], argv: Sequ
         for line in str(error).splitlines():
             print(f"{stage}: error: {line}", file=sys.stderr)
         return EXIT_BAD_PARAMS
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         if debug:
             raise
         print(f"{stage}: error: {error}", file=sys.stderr)

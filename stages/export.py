@@ -38,7 +38,10 @@ def run(export: ExportParams, model_dir: Path, test_path: Path, output: Path, re
     with tracking.resume_run(run_id, source=trained.run_file(model_dir)):
         tracking.log_params(flatten(export, prefix="export."))
         with artifacts.atomic_path(output) as staged:
-            serving.export_savedmodel(classifier, test_set.class_names, staged)
+            try:
+                serving.export_savedmodel(classifier, test_set.class_names, staged)
+            except OSError as error:
+                raise OSError(f"cannot write the SavedModel to {output}: {error}") from error
             reloaded = _predict_in_fresh_process(staged, test_set.images)
             agreement = serving.compare(expected, reloaded["probabilities"])
             names_match = bool(

@@ -29,6 +29,9 @@ def export_savedmodel(model: keras.Model, class_names: Sequence[str], path: str 
     The endpoint accepts any batch size at the model's image size and returns `probabilities`
     (float32), `class_id` (int64) and `class_name` (string); the class names live in the graph, so a
     client needs no side file.
+
+    Raises:
+        OSError: the SavedModel could not be written (a full disk, for example).
     """
     height, width, channels = model.input_shape[1:]
     names = tf.constant(list(class_names), dtype=tf.string)
@@ -45,7 +48,11 @@ def export_savedmodel(model: keras.Model, class_names: Sequence[str], path: str 
         serve,
         input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")],
     )
-    archive.write_out(str(path), verbose=False)
+    try:
+        archive.write_out(str(path), verbose=False)
+    except tf.errors.OpError as error:
+        # TensorFlow reports a full disk as "<op and temp file>; No space left on device [Op:SaveV2]".
+        raise OSError(error.message.rsplit(";", 1)[-1].split("[Op:")[0].strip()) from error
 
 
 def predict_savedmodel(path: str | Path, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:

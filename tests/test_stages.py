@@ -228,3 +228,123 @@ def test_non_finite_loss_fails_the_run_with_a_reason(pipeline, tmp_path: Path, m
     (run,) = client.search_runs([client.get_experiment_by_name(params.mlflow.experiment_name).experiment_id])
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"].startswith("ValueError: training diverged: loss became nan")
+
+
+# Failing partway: every stage leaves the previous outputs and no half-written file.
+
+STAGE_OUTPUTS = {
+    "prepare": ("dataset", "statistics"),
+    "split": ("train", "validation", "test", "split_report"),
+    "train": ("model", "history", "summary", "timing"),
+    "evaluate": ("metrics", "per_class", "confusion", "figure"),
+    "export": ("savedmodel", "export_report"),
+}
+
+
+def copy_outputs(paths: dict[str, Path], names: tuple[str, ...], root: Path) -> dict[str, Path]:
+    """Copy some of a finished pipeline's outputs under `root`, as the previous outputs of a rerun."""
+    import shutil
+
+    root.mkdir(parents=True, exist_ok=True)
+    copies = {}
+    for name in names:
+        source, target = paths[name], root / f"{name}{paths[name].suffix}"
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copy2(source, target)
+        copies[name] = target
+    return copies
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def fail_after_writing(real):
+    """Wrap a writer: let it write its temporary file, then fail as a full disk would."""
+
+    def writer(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    return writer
+
+
+def rerun(stage: str, params: Params, paths: dict[str, Path], outputs: dict[str, Path], scratch: Path) -> None:
+    if stage == "prepare":
+        prepare.run(params.data, outputs["dataset"], outputs["statistics"])
+    elif stage == "split":
+        splits = {name: outputs[name] for name in ("train", "validation", "test")}
+        split.run(params.split, paths["dataset"], splits, outputs["split_report"])
+    elif stage == "train":
+        train.run(params, paths["train"], paths["validation"], outputs["model"], outputs["history"],
+                  outputs["summary"], outputs["timing"], scratch / "checkpoints")  # fmt: skip
+    elif stage == "evaluate":
+        evaluate.run(params.evaluate, paths["model"], paths["test"], outputs["metrics"], outputs["per_class"],
+                     outputs["confusion"], outputs["figure"])  # fmt: skip
+    else:
+        export.run(params.export, paths["model"], paths["test"], outputs["savedmodel"], outputs["export_report"])
+
+
+@pytest.mark.parametrize("stage", list(STAGE_OUTPUTS))
+def test_failing_stage_leaves_previous_outputs_whole(
+    stage: str, pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keras
+    from matplotlib.figure import Figure
+
+    params, paths, uri = pipeline
+    # Evaluate and export attach to the run that trained the model, which lives in the pipeline's store.
+    own_store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri if stage in ("evaluate", "export") else own_store)
+    outputs = copy_outputs(paths, STAGE_OUTPUTS[stage], tmp_path / "outputs")
+    before = snapshot(tmp_path / "outputs")
+    writer = {
+        "prepare": (np, "savez"),
+        "split": (np, "savez"),
+        "train": (keras.Model, "save"),
+        "evaluate": (Figure, "savefig"),
+        # ExportArchive() builds a backend-specific subclass, which has its own write_out.
+        "export": (type(keras.export.ExportArchive()), "write_out"),
+    }[stage]
+    monkeypatch.setattr(*writer, fail_after_writing(getattr(*writer)))
+    with pytest.raises(OSError, match="No space left on device"):
+        rerun(stage, params, paths, outputs, tmp_path)
+    assert snapshot(tmp_path / "outputs") == before
+    assert sorted(path.name for path in (tmp_path / "outputs").iterdir()) == sorted(
+        path.name for path in outputs.values()
+    )
+
+
+def test_full_disk_during_export_is_one_clear_line(pipeline, tmp_path: Path, capsys) -> None:
+    import subprocess
+
+    from stages import cli
+
+    params, paths, uri = pipeline
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    # The previous export fits; a second copy beside it (atomic writes stage next to the target) does not.
+    size_kib = sum(len(data) for data in snapshot(paths["savedmodel"]).values()) // 1024 + 64
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(disk)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a size-limited tmpfs here: {mounted.stderr.strip()}")
+    try:
+        previous = copy_outputs(paths, ("savedmodel",), disk)["savedmodel"]
+        before = snapshot(previous)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_URI", uri)
+            code = cli.execute(
+                "export",
+                lambda argv: export.run(params.export, paths["model"], paths["test"], previous, tmp_path / "r.json"),
+            )
+        assert code == cli.EXIT_ERROR
+        error = capsys.readouterr().err.strip().splitlines()
+        assert error == [f"export: error: cannot write the SavedModel to {previous}: No space left on device"]
+        assert snapshot(previous) == before
+        assert [path.name for path in disk.iterdir()] == [previous.name]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
