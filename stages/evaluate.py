@@ -27,6 +27,7 @@ def run(
     Returns:
         The headline metrics written to `metrics_path`.
     """
+    tracking.tracking_uri()  # a malformed MLFLOW_TRACKING_URI fails here, before any heavy work
     classifier = trained.load_model(model_dir)
     run_id = trained.run_id(model_dir)
     test_set = artifacts.load_dataset(test_path)
@@ -64,7 +65,7 @@ def _rounded(value: float | int) -> float | int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--model-dir", type=Path, required=True, help="folder written by the train stage")
     parser.add_argument("--test", type=Path, required=True, help="test split (.npz)")

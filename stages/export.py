@@ -29,6 +29,7 @@ def run(export: ExportParams, model_dir: Path, test_path: Path, output: Path, re
     Raises:
         ValueError: the reloaded SavedModel disagrees with the Keras model.
     """
+    tracking.tracking_uri()  # a malformed MLFLOW_TRACKING_URI fails here, before any heavy work
     classifier = trained.load_model(model_dir)
     run_id = trained.run_id(model_dir)
     test_set = artifacts.load_dataset(test_path)
@@ -79,7 +80,7 @@ def _predict_in_fresh_process(path: Path, images: np.ndarray) -> dict[str, np.nd
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m stages.export", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--model-dir", type=Path, required=True, help="folder written by the train stage")
     parser.add_argument("--test", type=Path, required=True, help="test split (.npz) to verify the export on")

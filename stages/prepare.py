@@ -29,7 +29,7 @@ def run(data: DataParams, output: Path, statistics_path: Path) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m stages.prepare", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--output", type=Path, required=True, help="dataset file to write (.npz)")
     parser.add_argument("--statistics", type=Path, required=True, help="data statistics to write (.json)")

@@ -48,7 +48,7 @@ def run(split: SplitParams, dataset_path: Path, outputs: dict[str, Path], report
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m stages.split", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--dataset", type=Path, required=True, help="prepared dataset (.npz)")
     for name in SPLITS:

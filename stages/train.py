@@ -51,6 +51,7 @@ def run(
     Raises:
         ValueError: inconsistent inputs, or a loss that became NaN or infinite.
     """
+    tracking.tracking_uri()  # a malformed MLFLOW_TRACKING_URI fails here, before any heavy work
     train_set = artifacts.load_dataset(train_path)
     validation_set = artifacts.load_dataset(validation_path)
     datasets.validate(train_set)
@@ -196,7 +197,7 @@ def _signature(image_shape: tuple[int, ...], num_classes: int) -> ModelSignature
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--train", type=Path, required=True, help="train split (.npz)")
     parser.add_argument("--validation", type=Path, required=True, help="validation split (.npz)")
