@@ -101,7 +101,8 @@ def test_dvc_metrics_and_plots_show(built: Path) -> None:
     (workspace,) = json.loads(dvc(built, "metrics", "show", "--json").stdout).values()
     shown = workspace["data"]["reports/evaluate/metrics.json"]["data"]
     assert shown == json.loads((built / "reports/evaluate/metrics.json").read_text())
-    assert "train_seconds" in workspace["data"]["reports/train/summary.json"]["data"]
+    assert "param_count" in workspace["data"]["reports/train/summary.json"]["data"]
+    assert "train_seconds" in workspace["data"]["reports/train/timing.json"]["data"]
     plots = json.loads(dvc(built, "plots", "show", "--json").stdout)["data"]
     assert set(plots) == {
         "Loss",
