@@ -27,6 +27,7 @@ def run(
     Returns:
         The headline metrics written to `metrics_path`.
     """
+    tracking.configure()
     classifier = trained.load_model(model_dir)
     run_id = trained.run_id(model_dir)
     test_set = artifacts.load_dataset(test_path)

@@ -10,10 +10,7 @@ from pathlib import Path
 
 import keras
 import mlflow
-import numpy as np
 import tensorflow as tf
-from mlflow.models import ModelSignature
-from mlflow.types.schema import Schema, TensorSpec
 
 from stages import artifacts, cli, datasets, model, tracking, trained
 from stages.params import Params, flatten, load_params
@@ -37,6 +34,7 @@ def run(
     Returns:
         The training summary written to `summary_path`.
     """
+    tracking.configure()
     train_set = artifacts.load_dataset(train_path)
     validation_set = artifacts.load_dataset(validation_path)
     datasets.validate(train_set)
@@ -66,7 +64,20 @@ def run(
         for key, value in flatten(params).items()
         if key.split(".")[0] in ("data", "split", "train", "mlflow")
     }
-    with tracking.start_run(params.mlflow.experiment_name, tracking.run_tags(data_digest)) as run_id:
+    changed = tracking.changed_params(logged_params, tracking.baseline_params(Path.cwd()))
+    description = tracking.run_description(
+        data_digest,
+        {"train": len(train_set), "validation": len(validation_set)},
+        num_classes,
+        classifier.count_params(),
+        changed,
+    )
+    with tracking.start_run(
+        params.mlflow.experiment_name,
+        tracking.run_tags(data_digest),
+        run_name=tracking.run_name(changed),
+        description=description,
+    ) as run_id:
         tracking.log_params(logged_params)
         mlflow.log_metric("param_count", classifier.count_params())
         started = time.perf_counter()
@@ -94,7 +105,7 @@ def run(
             mlflow.keras.log_model(
                 classifier,
                 name="model",
-                signature=_signature(train_set.images.shape[1:], num_classes),
+                signature=tracking.model_signature(train_set.images.shape[1:], num_classes),
                 pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
             )
         artifacts.write_csv(history_path, rows, HISTORY_FIELDS)
@@ -130,13 +141,6 @@ def _history_rows(history: dict[str, list[float]]) -> list[dict]:
         }
         for epoch in range(epochs)
     ]
-
-
-def _signature(image_shape: tuple[int, ...], num_classes: int) -> ModelSignature:
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape), "images")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "probabilities")]),
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
