@@ -27,7 +27,7 @@ def run(
     Returns:
         The headline metrics written to `metrics_path`.
     """
-    tracking.tracking_uri()  # a malformed MLFLOW_TRACKING_URI fails here, before any heavy work
+    tracking.configure()  # a malformed or unreachable store fails here, before any heavy work
     classifier = trained.load_model(model_dir)
     run_id = trained.run_id(model_dir)
     test_set = artifacts.load_dataset(test_path)

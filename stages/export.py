@@ -12,32 +12,44 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from stages import artifacts, cli, datasets, serving, tracking, trained
-from stages.params import ExportParams, flatten, load_params
+from stages import artifacts, cli, datasets, gate, registry, serving, tracking, trained
+from stages.params import ExportParams, RegistryParams, flatten, load_params
 
 
-def run(export: ExportParams, model_dir: Path, test_path: Path, output: Path, report_path: Path) -> dict:
-    """Export the trained model to `output`, verify it in a fresh process, log it to the model's run.
+def run(
+    export: ExportParams,
+    registry_params: RegistryParams,
+    model_dir: Path,
+    test_path: Path,
+    output: Path,
+    report_path: Path,
+) -> dict:
+    """Export the trained model to `output`, verify it, register it, and promote it if it passes the gate.
 
     The SavedModel is written beside `output` and moved into place only after it has been reloaded
     with `tf.saved_model.load` in a separate process and agrees with the Keras model on every test
-    image: identical classes and probabilities within `export.tolerance`.
+    image: identical classes and probabilities within `export.tolerance`. Every verified model
+    becomes a new version of the registered model; the `champion` alias moves to it only when the
+    quality gate blesses it.
 
     Returns:
         The export report written to `report_path`.
 
     Raises:
-        ValueError: the reloaded SavedModel disagrees with the Keras model.
+        ValueError: the tracking server is unreachable, or the reloaded SavedModel disagrees with the
+            Keras model.
     """
-    tracking.tracking_uri()  # a malformed MLFLOW_TRACKING_URI fails here, before any heavy work
+    tracking.configure()  # a malformed or unreachable store fails here, before any heavy work
     classifier = trained.load_model(model_dir)
     run_id = trained.run_id(model_dir)
     test_set = artifacts.load_dataset(test_path)
     datasets.validate(test_set)
     expected = classifier.predict(test_set.images, batch_size=256, verbose=0)
+    test_accuracy = float((expected.argmax(axis=1) == test_set.labels).mean())
+    test_digest = datasets.digest(test_set.images, test_set.labels)
 
     with tracking.resume_run(run_id, source=trained.run_file(model_dir)):
-        tracking.log_params(flatten(export, prefix="export."))
+        tracking.log_params({**flatten(export, prefix="export."), **flatten(registry_params, prefix="registry.")})
         with artifacts.atomic_path(output) as staged:
             try:
                 serving.export_savedmodel(classifier, test_set.class_names, staged)
@@ -58,15 +70,54 @@ def run(export: ExportParams, model_dir: Path, test_path: Path, output: Path, re
                     f"class names {'match' if names_match else 'do not match'}"
                 )
             mlflow.log_artifacts(str(staged), f"savedmodel/{export.model_name}/{export.version}")
+        current = registry.champion(registry_params.model_name)
+        decision = gate.decide(
+            test_accuracy,
+            current.test_accuracy if current else None,
+            registry_params.min_test_accuracy,
+            registry_params.max_accuracy_drop,
+        )
+        reason = decision.reason
+        if current and current.test_digest != test_digest:
+            reason += f" (champion version {current.version} was measured on another test set)"
+        version = registry.register(
+            classifier,
+            registry_params.model_name,
+            tracking.model_signature(test_set.images.shape[1:], len(test_set.class_names), input_name=None),
+            {
+                registry.ACCURACY_TAG: str(test_accuracy),
+                registry.TEST_DIGEST_TAG: test_digest,
+                "blessed": str(decision.blessed).lower(),
+                "blessed_reason": reason,
+            },
+        )
+        if decision.blessed:
+            registry.promote(registry_params.model_name, version)
         report = {
             "model_name": export.model_name,
             "version": export.version,
             "images_checked": agreement.images,
             "mismatched_classes": agreement.mismatched_classes,
             "max_abs_difference": agreement.max_abs_difference,
+            "test_accuracy": round(test_accuracy, 6),
+            "registered_model": registry_params.model_name,
+            "registered_version": version,
+            "previous_champion": current.version if current else None,
+            "blessed": decision.blessed,
+            "blessed_reason": reason,
         }
-        mlflow.log_metric("export_max_abs_difference", agreement.max_abs_difference)
-        mlflow.set_tags({"export.path": str(output), "export.version": str(export.version)})
+        mlflow.log_metrics(
+            {"export_max_abs_difference": agreement.max_abs_difference, "blessed": int(decision.blessed)}
+        )
+        mlflow.set_tags(
+            {
+                "export.path": str(output),
+                "export.version": str(export.version),
+                "registry.version": str(version),
+                "blessed": str(decision.blessed).lower(),
+                "blessed_reason": reason,
+            }
+        )
         artifacts.write_json(report_path, report)
     return report
 
@@ -88,10 +139,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, required=True, help="export report to write (.json)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    report = run(params.export, args.model_dir, args.test, args.output, args.report)
+    report = run(params.export, params.registry, args.model_dir, args.test, args.output, args.report)
     print(
         f"export: SavedModel -> {args.output}; reloaded in a fresh process, {report['images_checked']} test "
         f"images agree (max probability difference {report['max_abs_difference']:.2g})"
+    )
+    verdict = "blessed, now champion" if report["blessed"] else "not blessed, champion unchanged"
+    print(
+        f"export: registered {report['registered_model']} version {report['registered_version']}: "
+        f"{verdict}: {report['blessed_reason']}"
     )
 
 

@@ -88,6 +88,12 @@ class ExportParams(_Section):
     tolerance: float = Field(gt=0, le=0.01)
 
 
+class RegistryParams(_Section):
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    min_test_accuracy: float = Field(ge=0, le=1)
+    max_accuracy_drop: float = Field(ge=0, le=1)
+
+
 class MlflowParams(_Section):
     experiment_name: str = Field(min_length=1, max_length=200)
 
@@ -98,6 +104,7 @@ class Params(_Section):
     train: TrainParams
     evaluate: EvaluateParams
     export: ExportParams
+    registry: RegistryParams
     mlflow: MlflowParams
 
 
@@ -132,7 +139,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except OSError as error:
         raise ParamsError(f"{path}: cannot read params file: {error.strerror}") from error
     try:
-        raw = yaml.load(text, Loader=_Yaml12Loader)
+        raw = parse_yaml(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -141,6 +148,15 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections {_field_names(Params)}, got {raw!r}")
     return parse_params(raw, source=str(path))
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML as DVC does, so that `1e-3` is a number.
+
+    Raises:
+        yaml.YAMLError: the text is not valid YAML.
+    """
+    return yaml.load(text, Loader=_Yaml12Loader)
 
 
 def parse_params(raw: dict[str, Any], source: str = "params") -> Params:

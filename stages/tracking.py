@@ -7,6 +7,7 @@ and attach to the same run, so the link travels with the model files rather than
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import subprocess
@@ -16,15 +17,33 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import mlflow
+import numpy as np
+import requests
+import yaml
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Schema, TensorSpec
+
+from stages.params import parse_yaml
 
 logger = logging.getLogger(__name__)
 
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+DESCRIPTION_TAG = "mlflow.note.content"
+
+# MLflow retries a failed HTTP request 7 times with exponential backoff and waits 120 s for each
+# answer: minutes before a stage learns that its server is gone. These bound a stage to well under
+# 30 s; a user who sets any of them keeps their value.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+HEALTH_TIMEOUT_SECONDS = 5
 
 
 def project_root() -> Path:
@@ -89,10 +108,15 @@ def redact(uri: str) -> str:
 
 
 def configure(root: Path | None = None) -> str:
-    """Point MLflow at the project's store and return the URI in use.
+    """Point MLflow at the project's store, check that it can be used, and return its URI.
 
-    A user name and password in an http(s) URI move to MLflow's `MLFLOW_TRACKING_USERNAME` and
-    `MLFLOW_TRACKING_PASSWORD`, so MLflow never prints them (it echoes run URLs to stdout).
+    Stages call this before any heavy work or any write, so a store that cannot be used stops them
+    while every previous output is still in place. A user name and password in an http(s) URI move
+    to MLflow's `MLFLOW_TRACKING_USERNAME` and `MLFLOW_TRACKING_PASSWORD`, so MLflow never prints
+    them (it echoes run URLs to stdout).
+
+    Raises:
+        ValueError: a malformed URI, or a tracking server that does not answer its health check.
     """
     uri = tracking_uri(root)
     parts = urlsplit(uri)
@@ -101,8 +125,53 @@ def configure(root: Path | None = None) -> str:
         os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password or ""))
         host = parts.hostname or ""
         uri = urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+    if parts.scheme in ("http", "https"):
+        for variable, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(variable, value)
+        check_server(uri)
+    elif uri.startswith("sqlite:///"):
+        initialize_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     return uri
+
+
+def check_server(uri: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> None:
+    """Ask a tracking server's `/health` endpoint whether it is up.
+
+    Raises:
+        ValueError: the server cannot be reached, or answers with anything but HTTP 200.
+    """
+    try:
+        response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as error:
+        reason = type(error).__name__
+        raise ValueError(
+            f"MLflow tracking server {redact(uri)} cannot be reached ({reason}); start it, or unset "
+            "MLFLOW_TRACKING_URI to use the project's SQLite store"
+        ) from None
+    if response.status_code != 200:
+        raise ValueError(
+            f"MLflow tracking server {redact(uri)} is not healthy: /health answered HTTP {response.status_code}"
+        )
+
+
+def initialize_sqlite_store(uri: str) -> None:
+    """Create or upgrade a SQLite store's tables while holding a lock beside it.
+
+    MLflow creates the tables of a new store on first use. Two stages that do it at once, as two
+    queued experiments do, run the same `ALTER TABLE`s and one of them fails; the lock makes the
+    second wait until the first is done. Writes to an existing store need no lock: MLflow sets a
+    20 s SQLite busy timeout on every session.
+    """
+    database = Path(uri[len("sqlite:///") :])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with database.with_name(f"{database.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -166,6 +235,57 @@ def run_tags(data_digest: str) -> dict[str, str]:
     return tags
 
 
+def baseline_params(root: Path) -> dict[str, Any] | None:
+    """The flat params of the commit this run started from, or None when they cannot be read.
+
+    That commit is DVC's experiment baseline under `dvc exp run`, else `HEAD`.
+    """
+    revision = os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD"
+    try:
+        result = subprocess.run(
+            ["git", "show", f"{revision}:params.yaml"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        )
+        raw = parse_yaml(result.stdout)
+    except (OSError, subprocess.SubprocessError, yaml.YAMLError):
+        return None
+    return _flatten_mapping(raw) if isinstance(raw, dict) else None
+
+
+def changed_params(params: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> dict[str, str]:
+    """The params whose value differs from the baseline's, as logged (`None` is `null`)."""
+    if baseline is None:
+        return {}
+    return {
+        key: _param_value(value)
+        for key, value in params.items()
+        if key not in baseline or _param_value(baseline[key]) != _param_value(value)
+    }
+
+
+def run_name(changed: Mapping[str, str], limit: int = 80) -> str | None:
+    """Name a run after its DVC experiment, else after the params it changes, else leave it to MLflow."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return os.environ["DVC_EXP_NAME"]
+    name = ", ".join(f"{key}={value}" for key, value in changed.items())
+    if not name:
+        return None
+    return name if len(name) <= limit else f"{name[: limit - 3]}..."
+
+
+def run_description(
+    data_digest: str, images: Mapping[str, int], classes: int, param_count: int, changed: Mapping[str, str]
+) -> str:
+    """A few lines for the run's description: data version, model size and what changed."""
+    counts = ", ".join(f"{count} {split}" for split, count in images.items())
+    lines = [
+        f"Data {data_digest[:12]}: {counts} images, {classes} classes.",
+        f"Model: {param_count:,} parameters.",
+    ]
+    if changed:
+        lines.append("Changed from the baseline: " + ", ".join(f"{key}={value}" for key, value in changed.items()))
+    return "\n\n".join(lines)
+
+
 @contextlib.contextmanager
 def _ended_properly(run_id: str) -> Iterator[None]:
     """End the active run as FINISHED, KILLED (interrupted) or FAILED (with the reason as a tag)."""
@@ -185,13 +305,15 @@ def _ended_properly(run_id: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def start_run(experiment_name: str, tags: Mapping[str, str], run_name: str | None = None) -> Iterator[str]:
+def start_run(
+    experiment_name: str, tags: Mapping[str, str], run_name: str | None = None, description: str | None = None
+) -> Iterator[str]:
     """Open a new run in the project's store and yield its id; it never stays RUNNING."""
     uri = configure()
     run = mlflow.start_run(
         experiment_id=experiment_id(experiment_name, uri),
         run_name=run_name or os.environ.get("DVC_EXP_NAME") or None,
-        tags=dict(tags),
+        tags={**tags, DESCRIPTION_TAG: description} if description else dict(tags),
     )
     with _ended_properly(run.info.run_id):
         yield run.info.run_id
@@ -243,5 +365,29 @@ def log_params(params: Mapping[str, Any]) -> None:
             mlflow.set_tag(f"param_update.{key}", _param_value(value))
 
 
+def model_signature(
+    image_shape: tuple[int, ...], num_classes: int, input_name: str | None = "images"
+) -> ModelSignature:
+    """The signature of the classifier: raw uint8 images in, float32 class probabilities out.
+
+    A SavedModel logged by `mlflow.keras` is called with a plain tensor, so its signature must leave
+    the input unnamed (`input_name=None`); MLflow would otherwise pass it a dict.
+    """
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape), input_name)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "probabilities")]),
+    )
+
+
 def _param_value(value: Any) -> str:
     return "null" if value is None else str(value)
+
+
+def _flatten_mapping(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten_mapping(value, prefix=f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

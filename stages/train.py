@@ -16,10 +16,7 @@ from pathlib import Path
 
 import keras
 import mlflow
-import numpy as np
 import tensorflow as tf
-from mlflow.models import ModelSignature
-from mlflow.types.schema import Schema, TensorSpec
 
 from stages import artifacts, cli, datasets, model, resume, tracking, trained
 from stages.params import Params, flatten, load_params
@@ -51,7 +48,7 @@ def run(
     Raises:
         ValueError: inconsistent inputs, or a loss that became NaN or infinite.
     """
-    tracking.tracking_uri()  # a malformed MLFLOW_TRACKING_URI fails here, before any heavy work
+    tracking.configure()  # a malformed or unreachable store fails here, before any heavy work
     train_set = artifacts.load_dataset(train_path)
     validation_set = artifacts.load_dataset(validation_path)
     datasets.validate(train_set)
@@ -93,7 +90,15 @@ def run(
         validation_set.images, validation_set.labels, num_classes, settings.batch_size, one_hot
     )
 
-    with _mlflow_run(params, data_digest, previous) as run_id:
+    changed = tracking.changed_params(logged_params, tracking.baseline_params(Path.cwd()))
+    description = tracking.run_description(
+        data_digest,
+        {"train": len(train_set), "validation": len(validation_set)},
+        num_classes,
+        classifier.count_params(),
+        changed,
+    )
+    with _mlflow_run(params, data_digest, previous, tracking.run_name(changed), description) as run_id:
         tracking.log_params(logged_params)
         mlflow.log_metric("param_count", classifier.count_params())
         checkpoint = previous or resume.Checkpoint(key=key, run_id=run_id)
@@ -137,7 +142,7 @@ def run(
             mlflow.keras.log_model(
                 classifier,
                 name="model",
-                signature=_signature(train_set.images.shape[1:], num_classes),
+                signature=tracking.model_signature(train_set.images.shape[1:], num_classes),
                 pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
             )
         artifacts.write_csv(history_path, rows, HISTORY_FIELDS)
@@ -149,13 +154,19 @@ def run(
 
 
 @contextlib.contextmanager
-def _mlflow_run(params: Params, data_digest: str, previous: resume.Checkpoint | None) -> Iterator[str]:
+def _mlflow_run(
+    params: Params, data_digest: str, previous: resume.Checkpoint | None, run_name: str | None, description: str
+) -> Iterator[str]:
+    """A new run, or the run of the checkpoint that training resumes from."""
     if previous is not None:
         with tracking.resume_run(previous.run_id, source="the training checkpoint") as run_id:
             mlflow.set_tag("resumed_after_epoch", str(previous.epoch))
             yield run_id
     else:
-        with tracking.start_run(params.mlflow.experiment_name, tracking.run_tags(data_digest)) as run_id:
+        tags = tracking.run_tags(data_digest)
+        with tracking.start_run(
+            params.mlflow.experiment_name, tags, run_name=run_name, description=description
+        ) as run_id:
             yield run_id
 
 
@@ -187,13 +198,6 @@ class _StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 def _history_row(row: dict[str, float]) -> dict[str, float]:
     return {"epoch": int(row["epoch"]), **{name: round(row[name], 6) for name in HISTORY_FIELDS[1:] if name in row}}
-
-
-def _signature(image_shape: tuple[int, ...], num_classes: int) -> ModelSignature:
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape), "images")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "probabilities")]),
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

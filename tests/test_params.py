@@ -64,6 +64,14 @@ def test_flatten_uses_dotted_keys() -> None:
         ({"split": {"validation_fraction": 1.5}}, "split.validation_fraction = 1.5: Input should be less than 1"),
         ({"export": {"model_name": "my model/1"}}, "export.model_name = 'my model/1': String should match pattern"),
         ({"data": {"source": "imagenet"}}, "data.source = 'imagenet': Input should be 'embedded'"),
+        (
+            {"registry": {"min_test_accuracy": 1.5}},
+            "registry.min_test_accuracy = 1.5: Input should be less than or equal to 1",
+        ),
+        (
+            {"registry": {"max_accuracy_drop": -0.1}},
+            "registry.max_accuracy_drop = -0.1: Input should be greater than or equal to 0",
+        ),
     ],
 )
 def test_bad_value_names_key_value_and_what_is_allowed(overrides: dict, expected: str) -> None:

@@ -74,7 +74,15 @@ def test_mlflow_run_in_project_store(built: Path) -> None:
     params = run.data.params
     assert params["train.epochs"] == "2"
     assert params["data.max_images"] == "300"
-    assert {key.split(".")[0] for key in params} == {"data", "split", "train", "mlflow", "evaluate", "export"}
+    assert {key.split(".")[0] for key in params} == {
+        "data",
+        "split",
+        "train",
+        "mlflow",
+        "evaluate",
+        "export",
+        "registry",
+    }
     assert [metric.step for metric in client.get_metric_history(run_id, "val_loss")] == [1, 2]
     assert [metric.step for metric in client.get_metric_history(run_id, "accuracy")] == [1, 2]
     metrics = json.loads((built / "reports/evaluate/metrics.json").read_text())

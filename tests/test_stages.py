@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from stages import artifacts, evaluate, export, prepare, serving, split, train, trained
-from stages.params import Params
+from stages.params import Params, RegistryParams, parse_params
+from tests.conftest import merged
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +62,9 @@ def run_pipeline(params: Params, root: Path) -> dict[str, Path]:
         paths["confusion"],
         paths["figure"],
     )
-    export.run(params.export, paths["model"], paths["test"], paths["savedmodel"], paths["export_report"])
+    export.run(
+        params.export, params.registry, paths["model"], paths["test"], paths["savedmodel"], paths["export_report"]
+    )
     return paths
 
 
@@ -121,7 +125,12 @@ def test_one_mlflow_run_holds_everything(pipeline) -> None:
     artifacts_logged = {item.path for item in client.list_artifacts(run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts_logged
     logged_models = client.search_logged_models([run.info.experiment_id])
-    assert [logged.source_run_id for logged in logged_models] == [run_id]
+    assert sorted(logged.name for logged in logged_models) == ["model", "registered_model"]
+    assert {logged.source_run_id for logged in logged_models} == {run_id}
+    assert run.data.params["registry.model_name"] == params.registry.model_name
+    description = run.data.tags["mlflow.note.content"]
+    assert f"Data {run.data.tags['data.digest'][:12]}: 210 train, 45 validation images, 10 classes." in description
+    assert f"Model: {artifacts.read_json(paths['summary'])['param_count']:,} parameters." in description
     assert {item.path for item in client.list_artifacts(run_id, "savedmodel/digits/1")} >= {
         "savedmodel/digits/1/saved_model.pb",
         "savedmodel/digits/1/variables",
@@ -186,7 +195,7 @@ def test_export_refuses_a_model_that_disagrees(pipeline, tmp_path: Path, monkeyp
     output.mkdir(parents=True)
     (output / "previous.txt").write_text("previous export")
     with pytest.raises(ValueError, match="disagrees with the Keras model on 45 test images: 3 different classes"):
-        export.run(params.export, paths["model"], paths["test"], output, tmp_path / "report.json")
+        export.run(params.export, params.registry, paths["model"], paths["test"], output, tmp_path / "report.json")
     assert [path.name for path in output.iterdir()] == ["previous.txt"]
     assert [path.name for path in output.parent.iterdir()] == ["1"]
     assert not (tmp_path / "report.json").exists()
@@ -284,7 +293,8 @@ def rerun(stage: str, params: Params, paths: dict[str, Path], outputs: dict[str,
         evaluate.run(params.evaluate, paths["model"], paths["test"], outputs["metrics"], outputs["per_class"],
                      outputs["confusion"], outputs["figure"])  # fmt: skip
     else:
-        export.run(params.export, paths["model"], paths["test"], outputs["savedmodel"], outputs["export_report"])
+        export.run(params.export, params.registry, paths["model"], paths["test"], outputs["savedmodel"],
+                   outputs["export_report"])  # fmt: skip
 
 
 @pytest.mark.parametrize("stage", list(STAGE_OUTPUTS))
@@ -339,7 +349,9 @@ def test_full_disk_during_export_is_one_clear_line(pipeline, tmp_path: Path, cap
             patch.setenv("MLFLOW_TRACKING_URI", uri)
             code = cli.execute(
                 "export",
-                lambda argv: export.run(params.export, paths["model"], paths["test"], previous, tmp_path / "r.json"),
+                lambda argv: export.run(
+                    params.export, params.registry, paths["model"], paths["test"], previous, tmp_path / "r.json"
+                ),
             )
         assert code == cli.EXIT_ERROR
         error = capsys.readouterr().err.strip().splitlines()
@@ -348,3 +360,71 @@ def test_full_disk_during_export_is_one_clear_line(pipeline, tmp_path: Path, cap
         assert [path.name for path in disk.iterdir()] == [previous.name]
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def with_gate(params: Params, **gate: float) -> RegistryParams:
+    return parse_params(merged(params.model_dump(), {"registry": gate})).registry
+
+
+def test_gate_promotes_a_good_model_and_only_versions_a_weak_one(pipeline, tmp_path: Path) -> None:
+    params, paths, uri = pipeline
+    client = MlflowClient(uri)
+    name = params.registry.model_name
+    first = artifacts.read_json(paths["export_report"])
+    accuracy = first["test_accuracy"]
+    assert accuracy < 1.0, "the tiny model must leave room above it for the failing gate"
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        blessed = export.run(
+            params.export,
+            with_gate(params, min_test_accuracy=0.0, max_accuracy_drop=0.0),
+            paths["model"],
+            paths["test"],
+            tmp_path / "blessed" / "1",
+            tmp_path / "blessed.json",
+        )
+        assert blessed["blessed"] is True
+        assert blessed["registered_version"] == first["registered_version"] + 1
+        assert int(client.get_model_version_by_alias(name, "champion").version) == blessed["registered_version"]
+
+        refused = export.run(
+            params.export,
+            with_gate(params, min_test_accuracy=1.0, max_accuracy_drop=1.0),
+            paths["model"],
+            paths["test"],
+            tmp_path / "refused" / "1",
+            tmp_path / "refused.json",
+        )
+    assert refused["blessed"] is False
+    assert refused["blessed_reason"] == f"test accuracy {accuracy:.4f} is below the minimum 1.0000"
+    assert refused["registered_version"] == blessed["registered_version"] + 1
+    assert refused["previous_champion"] == blessed["registered_version"]
+    assert artifacts.read_json(tmp_path / "refused.json") == refused
+    assert (tmp_path / "refused" / "1" / "saved_model.pb").is_file()  # exported all the same
+    assert int(client.get_model_version_by_alias(name, "champion").version) == blessed["registered_version"]
+    version = client.get_model_version(name, str(refused["registered_version"]))
+    assert version.tags["blessed"] == "false"
+    assert float(version.tags["test_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
+    run = client.get_run(trained.run_id(paths["model"]))
+    assert run.data.tags["blessed"] == "false"
+    assert run.data.tags["blessed_reason"] == refused["blessed_reason"]
+    assert [metric.value for metric in client.get_metric_history(run.info.run_id, "blessed")][-2:] == [1, 0]
+
+
+def test_unreachable_server_stops_export_before_it_writes(pipeline, tmp_path: Path) -> None:
+    params, paths, _ = pipeline
+    output = tmp_path / "digits" / "1"
+    output.mkdir(parents=True)
+    (output / "previous.txt").write_text("previous export")
+    report = tmp_path / "report.json"
+    report.write_text("previous report")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        with pytest.raises(ValueError, match=f"server http://127.0.0.1:{port} cannot be reached"):
+            export.run(params.export, params.registry, paths["model"], paths["test"], output, report)
+    assert [path.name for path in output.iterdir()] == ["previous.txt"]
+    assert report.read_text() == "previous report"

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -8,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from stages import tracking
+from tests.conftest import PROJECT_ROOT, git
 
 
 def test_default_store_is_absolute_sqlite_at_dvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,3 +168,108 @@ def test_credentials_move_out_of_the_uri(monkeypatch: pytest.MonkeyPatch) -> Non
         assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("alice", "s@cret")
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_unreachable_server_fails_fast_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"server http://127\.0\.0\.1:\d+ cannot be reached") as caught:
+        tracking.configure()
+    assert time.monotonic() - started < 10
+    assert len(str(caught.value).splitlines()) == 1
+
+
+def test_server_error_message_hides_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{free_port()}")
+    with pytest.raises(ValueError, match=r"http://\*\*\*@127\.0\.0\.1") as caught:
+        tracking.configure()
+    assert "s3cret" not in str(caught.value)
+
+
+def test_http_retry_defaults_keep_what_the_user_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    with pytest.raises(ValueError, match="cannot be reached"):
+        tracking.configure()
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == tracking.HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+
+
+WORKER = """
+import sys, time
+from pathlib import Path
+import mlflow
+from stages import tracking
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.01)
+with tracking.start_run("race", {}) as run_id:
+    mlflow.log_metrics({"loss": 1.0, "accuracy": 0.5})
+print(run_id)
+"""
+
+
+def test_concurrent_stages_on_a_new_sqlite_store_lose_no_run(tmp_path: Path) -> None:
+    # Without the lock, processes that create the tables of a new store at the same moment fail
+    # with `duplicate column` or `table already exists`.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    go = tmp_path / "go"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(PROJECT_ROOT)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(go)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    time.sleep(4)  # let every worker finish importing MLflow, so they hit the new store together
+    go.touch()
+    results = [worker.communicate(timeout=120) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0, 0], [stderr[-2000:] for _, stderr in results]
+    run_ids = {stdout.strip() for stdout, _ in results}
+    runs = MlflowClient(uri).search_runs([tracking.experiment_id("race", uri)])
+    assert {run.info.run_id for run in runs} == run_ids
+    assert len(run_ids) == 3
+    assert {run.info.status for run in runs} == {"FINISHED"}
+
+
+def test_changed_params_against_the_baseline_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "params.yaml").write_text("train:\n  learning_rate: 1e-3\n  epochs: 2\ndata:\n  max_images: null\n")
+    git(tmp_path, "init", "--quiet")
+    git(tmp_path, "add", "params.yaml")
+    git(tmp_path, "commit", "--quiet", "--message", "baseline")
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    baseline = tracking.baseline_params(tmp_path)
+    assert baseline == {"train.learning_rate": 0.001, "train.epochs": 2, "data.max_images": None}
+    current = {"train.learning_rate": 0.01, "train.epochs": 2, "data.max_images": None, "train.seed": 1}
+    assert tracking.changed_params(current, baseline) == {"train.learning_rate": "0.01", "train.seed": "1"}
+    assert tracking.changed_params(current, None) == {}
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+    assert tracking.baseline_params(tmp_path) is None  # an unknown commit
+
+
+def test_run_name_prefers_the_experiment_then_the_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert tracking.run_name({}) is None
+    assert tracking.run_name({"train.epochs": "3", "train.seed": "1"}) == "train.epochs=3, train.seed=1"
+    long_name = tracking.run_name({f"train.key{index}": "value" for index in range(20)})
+    assert len(long_name) == 80
+    assert long_name.endswith("...")
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-1")
+    assert tracking.run_name({"train.epochs": "3"}) == "lr-sweep-1"
+
+
+def test_run_description_names_data_version_and_model_size() -> None:
+    description = tracking.run_description(
+        "ab" * 32, {"train": 210, "validation": 45}, 10, 12345, {"train.learning_rate": "0.01"}
+    )
+    assert description.splitlines()[0] == "Data abababababab: 210 train, 45 validation images, 10 classes."
+    assert "Model: 12,345 parameters." in description
+    assert "Changed from the baseline: train.learning_rate=0.01" in description
