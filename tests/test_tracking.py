@@ -162,8 +162,11 @@ def test_credentials_move_out_of_the_uri(monkeypatch: pytest.MonkeyPatch) -> Non
         # Set then delete, so the monkeypatch removes what configure() sets when the test ends.
         monkeypatch.setenv(variable, "placeholder")
         monkeypatch.delenv(variable)
+    checked = []
+    monkeypatch.setattr(tracking, "check_server", checked.append)  # no network in tests
     try:
         assert tracking.configure() == "https://mlflow.example.com:8443"
+        assert checked == ["https://mlflow.example.com:8443"]
         assert mlflow.get_tracking_uri() == "https://mlflow.example.com:8443"
         assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("alice", "s@cret")
     finally:
@@ -187,10 +190,15 @@ def test_unreachable_server_fails_fast_with_one_line(monkeypatch: pytest.MonkeyP
 
 
 def test_server_error_message_hides_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{free_port()}")
-    with pytest.raises(ValueError, match=r"http://\*\*\*@127\.0\.0\.1") as caught:
+    port = free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{port}")
+    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(variable, "placeholder")
+        monkeypatch.delenv(variable)
+    with pytest.raises(ValueError, match=rf"server http://127\.0\.0\.1:{port} cannot be reached") as caught:
         tracking.configure()
     assert "s3cret" not in str(caught.value)
+    assert "alice" not in str(caught.value)
 
 
 def test_http_retry_defaults_keep_what_the_user_set(monkeypatch: pytest.MonkeyPatch) -> None:
