@@ -149,7 +149,8 @@ def load_image_folder(root: Path, spec: images.ImageSpec, workers: int = 1, prog
                 if name not in used]  # fmt: skip
     label_of = {name: index for index, name in enumerate(used)}
     labels = np.array([label_of[candidates[row][1]] for row in kept], dtype=np.int64)
-    stacked = arrays[kept] if kept else np.zeros((0, spec.height, spec.width, spec.channels), np.uint8)
+    # Indexing copies the whole array; when every file decoded, the array is already the dataset.
+    stacked = arrays if len(kept) == len(arrays) else arrays[kept]
     digest, files, size = folder_digest(root)
     version = {"source": "image_folder", "path": str(root), "digest": digest, "files": files, "bytes": size}
     return Loaded(Dataset(stacked, labels, tuple(used)), version, tuple(rejected), tuple(ignored), hidden)

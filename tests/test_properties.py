@@ -10,7 +10,6 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
 from PIL import Image
 
 from stages import artifacts, datasets, images
