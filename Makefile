@@ -10,7 +10,7 @@ PORT ?= 5000
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test ui lint format lock
+.PHONY: help install repro test ui lint format lock bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +32,9 @@ test: $(INSTALLED) ## Run every test, slow end-to-end ones included, offline
 ui: $(INSTALLED) ## Open the MLflow UI on 127.0.0.1:$(PORT) against the project's store
 	@echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments (runs table: .../#/experiments/<id>/runs)"
 	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port $(PORT)
+
+bench: $(INSTALLED) ## Time prepare on 70,000 generated 28x28 PNG files
+	python benchmarks/prepare_images.py
 
 lint: $(INSTALLED) ## Check style with ruff
 	ruff check .

@@ -91,17 +91,39 @@ def stratified_sample(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def statistics(dataset: Dataset) -> dict:
-    """Summarize a dataset: counts per class, image shape and pixel mean/std (on the 0..255 scale)."""
+    """Summarize a dataset: class counts and balance, image shape, pixel mean/std (0..255) and duplicates.
+
+    `duplicates` counts images identical to an earlier one; `conflicting_duplicates` counts those whose
+    label differs from that earlier image's. `class_balance.ratio` is the largest class over the smallest.
+    """
     counts = np.bincount(dataset.labels, minlength=len(dataset.class_names))
     pixels = dataset.images.astype(np.float64)
+    first_label: dict[str, int] = {}
+    duplicates = conflicting = 0
+    for content, label in zip(content_hashes(dataset.images), dataset.labels.tolist(), strict=True):
+        if content in first_label:
+            duplicates += 1
+            conflicting += first_label[content] != label
+        else:
+            first_label[content] = label
+    smallest, largest = (int(np.argmin(counts)), int(np.argmax(counts))) if len(counts) else (0, 0)
     return {
         "images": len(dataset),
         "image_shape": list(dataset.images.shape[1:]),
         "classes": len(dataset.class_names),
         "class_names": list(dataset.class_names),
         "count_per_class": {name: int(count) for name, count in zip(dataset.class_names, counts, strict=True)},
-        "pixel_mean": round(float(pixels.mean()), 4),
-        "pixel_std": round(float(pixels.std()), 4),
+        "class_balance": {
+            "smallest_class": dataset.class_names[smallest] if len(counts) else None,
+            "smallest_count": int(counts[smallest]) if len(counts) else 0,
+            "largest_class": dataset.class_names[largest] if len(counts) else None,
+            "largest_count": int(counts[largest]) if len(counts) else 0,
+            "ratio": round(float(counts[largest] / counts[smallest]), 4) if len(counts) and counts[smallest] else None,
+        },
+        "duplicates": duplicates,
+        "conflicting_duplicates": conflicting,
+        "pixel_mean": round(float(pixels.mean()), 4) if pixels.size else None,
+        "pixel_std": round(float(pixels.std()), 4) if pixels.size else None,
     }
 
 

@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 ACTIVATIONS = ("relu", "gelu", "elu", "selu", "silu", "tanh", "leaky_relu")
 OPTIMIZERS = ("adam", "adamw", "nadam", "rmsprop", "sgd")
 LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy", "categorical_focal_crossentropy")
-DATA_SOURCES = ("embedded",)
+DATA_SOURCES = ("embedded", "image_folder", "npz", "idx", "keras")
+KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
 
 
 class ParamsError(ValueError):
@@ -30,6 +32,13 @@ class _Section(BaseModel):
 
 class DataParams(_Section):
     source: Literal[DATA_SOURCES]  # type: ignore[valid-type]
+    keras_dataset: Literal[KERAS_DATASETS]  # type: ignore[valid-type]
+    image_height: int = Field(ge=1, le=4096)
+    image_width: int = Field(ge=1, le=4096)
+    channels: Literal[1, 3]
+    interpolation: Literal[INTERPOLATIONS]  # type: ignore[valid-type]
+    aspect: Literal["stretch", "crop", "pad"]
+    on_bad_file: Literal["skip", "fail"]
     max_images: int | None = Field(ge=10)
     seed: int = Field(ge=0)
 

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -36,11 +37,14 @@ def run(
     summary_path: Path,
     timing_path: Path,
     checkpoint_dir: Path,
+    data_statistics: Path | None = None,
 ) -> dict:
     """Train the model, write it with the id of its MLflow run, its history, summary and timing.
 
     `params` is the whole file because the run records the data, split and train params that
-    produced the model; only `train` and `mlflow` steer the training itself.
+    produced the model; only `train` and `mlflow` steer the training itself. `data_statistics` is the
+    prepare stage's report: its `data_version` (the DVC hash of the source data, its source and size)
+    is logged as the run's training dataset; without it the digest of the train arrays stands in.
 
     Returns:
         The training summary written to `summary_path`.
@@ -49,6 +53,7 @@ def run(
         ValueError: inconsistent inputs, or a loss that became NaN or infinite.
     """
     tracking.configure()  # a malformed or unreachable store fails here, before any heavy work
+    data_version = artifacts.read_json(data_statistics)["data_version"] if data_statistics else None
     train_set = artifacts.load_dataset(train_path)
     validation_set = artifacts.load_dataset(validation_path)
     datasets.validate(train_set)
@@ -100,6 +105,8 @@ def run(
     )
     with _mlflow_run(params, data_digest, previous, tracking.run_name(changed), description) as run_id:
         tracking.log_params(logged_params)
+        if previous is None:
+            _log_dataset(train_set, data_version, data_digest)
         mlflow.log_metric("param_count", classifier.count_params())
         checkpoint = previous or resume.Checkpoint(key=key, run_id=run_id)
         early_stopping = (
@@ -196,6 +203,31 @@ class _StopOnNonFiniteLoss(keras.callbacks.Callback):
                 )
 
 
+def _log_dataset(train_set: datasets.Dataset, version: dict | None, data_digest: str) -> None:
+    """Log the source data as the run's training input, with DVC's hash of it as the digest.
+
+    MLflow's own digest of a NumPy dataset hashes only the first 10,000 values, so it is given here.
+    """
+    if version is None:
+        version = {"source": "arrays", "path": "train split", "digest": data_digest[:32], "files": 1, "bytes": 0}
+    origin = str(version["path"])
+    if version["source"] in ("image_folder", "npz", "idx"):
+        origin = Path(origin).resolve().as_uri()
+    with warnings.catch_warnings():
+        # MLflow 3.17 registers its local-file source class twice and warns that the URI is ambiguous.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_numpy(
+            train_set.images,
+            targets=train_set.labels,
+            source=origin,
+            name=f"{version['source']}:{version['path']}",
+            digest=version["digest"],
+        )
+    size = {"images": str(len(train_set)), "files": str(version["files"]), "bytes": str(version["bytes"])}
+    mlflow.log_input(dataset, context="training", tags={"source": version["source"], **size})
+    mlflow.set_tags({"data.version": version["digest"], "data.source": f"{version['source']}:{version['path']}"})
+
+
 def _history_row(row: dict[str, float]) -> dict[str, float]:
     return {"epoch": int(row["epoch"]), **{name: round(row[name], 6) for name in HISTORY_FIELDS[1:] if name in row}}
 
@@ -212,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--checkpoint-dir", type=Path, required=True, help="folder for the per-epoch checkpoint (not a DVC output)"
     )
+    parser.add_argument(
+        "--data-statistics", type=Path, help="the prepare stage's statistics, whose data version the run records"
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
     summary = run(
@@ -223,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.summary,
         args.timing,
         args.checkpoint_dir,
+        args.data_statistics,
     )
     print(
         f"train: {summary['epochs_run']} epochs, best epoch {summary['best_epoch']} "

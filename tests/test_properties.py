@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import tempfile
 from pathlib import Path
 
@@ -9,8 +10,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from PIL import Image
 
-from stages import artifacts, datasets
+from stages import artifacts, datasets, images
 from stages.datasets import Dataset
 from stages.params import Params, ParamsError, load_params, parse_params
 from tests.conftest import raw_params
@@ -110,3 +112,58 @@ def test_arbitrary_labels_split_or_fail_clearly(labels: list[int], seed: int) ->
         return
     rows = np.concatenate([split.train, split.validation, split.test])
     assert sorted(rows.tolist()) == list(range(len(labels)))
+
+
+IMAGE_MODES = {"L": 1, "RGB": 3, "RGBA": 4}
+SPECS = st.builds(
+    images.ImageSpec,
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+    channels=st.sampled_from([1, 3]),
+    interpolation=st.sampled_from(sorted(images.INTERPOLATIONS)),
+    aspect=st.sampled_from(images.ASPECTS),
+)
+
+
+def _decodes_or_fails_clearly(data: bytes, spec: images.ImageSpec) -> None:
+    try:
+        decoded = images.decode_image(data, spec)
+    except ValueError as error:
+        assert str(error)
+        return
+    assert decoded.shape == (spec.height, spec.width, spec.channels)
+    assert decoded.dtype == np.uint8
+
+
+@PROFILE
+@given(data=st.binary(max_size=400), spec=SPECS)
+def test_arbitrary_bytes_decode_or_fail_clearly(data: bytes, spec: images.ImageSpec) -> None:
+    _decodes_or_fails_clearly(data, spec)
+
+
+@st.composite
+def encoded_images(draw: st.DrawFn) -> bytes:
+    """A small random image in a random mode and format, possibly cut short or with a flipped byte."""
+    mode = draw(st.sampled_from(sorted(IMAGE_MODES)))
+    shape = (draw(st.integers(1, 12)), draw(st.integers(1, 12)), IMAGE_MODES[mode])
+    pixels = draw(hnp.arrays(np.uint8, shape))
+    file_format = draw(st.sampled_from(["PNG", "JPEG", "BMP", "GIF", "WEBP"]))
+    image = Image.fromarray(pixels[:, :, 0] if mode == "L" else pixels, mode)
+    if file_format == "JPEG" and mode == "RGBA":
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format=file_format)
+    data = bytearray(buffer.getvalue())
+    damage = draw(st.sampled_from(["none", "truncate", "flip"]))
+    position = draw(st.integers(0, len(data) - 1))
+    if damage == "truncate":
+        del data[position:]
+    elif damage == "flip":
+        data[position] ^= 0xFF
+    return bytes(data)
+
+
+@PROFILE
+@given(data=encoded_images(), spec=SPECS)
+def test_small_random_images_decode_or_fail_clearly(data: bytes, spec: images.ImageSpec) -> None:
+    _decodes_or_fails_clearly(data, spec)
