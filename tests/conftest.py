@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +41,25 @@ def make_images(classes: int = 3, per_class: int = 20, size: int = 12, channels:
         images[row, label * band : (label + 1) * band, :, :] = 220
     order = rng.permutation(len(labels))
     return Dataset(images[order], labels[order].astype(np.int64), tuple(f"class_{index}" for index in range(classes)))
+
+
+@pytest.fixture(autouse=True)
+def _forget_mlflow_uris() -> Iterator[None]:
+    """Undo what in-process stages leave behind: MLflow's process-wide tracking and registry URIs.
+
+    `mlflow.set_registry_uri` also exports `MLFLOW_REGISTRY_URI`, which would send a later test's
+    registry calls to an earlier test's store.
+    """
+    registry_variable = os.environ.get("MLFLOW_REGISTRY_URI")
+    yield
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    if registry_variable is None:
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    else:
+        os.environ["MLFLOW_REGISTRY_URI"] = registry_variable
 
 
 @pytest.fixture
@@ -124,3 +148,44 @@ def make_project(parent: Path) -> Path:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return make_project(tmp_path)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path) -> Iterator[str]:
+    """Run `mlflow server` in its own process with its own SQLite store on a free localhost port."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log_path = folder / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [
+                str(VENV_BIN / "mlflow"), "server",
+                "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+                "--artifacts-destination", str(folder / "artifacts"),
+                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=pipeline_env(),
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"mlflow server did not start:\n{log_path.read_text()}")
+                time.sleep(0.5)
+            yield uri
+        finally:
+            process.terminate()
+            process.wait(timeout=30)

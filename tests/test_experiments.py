@@ -7,18 +7,16 @@ workspace as a committed baseline plus experiments.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 
 from stages import trained
-from tests.conftest import git, make_project, pipeline_env
+from tests.conftest import free_port, git, make_project, mlflow_server, pipeline_env
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +30,6 @@ def dvc(project: Path, *args: str, check: bool = True, **env: str) -> subprocess
     if check and result.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def project_client(project: Path) -> MlflowClient:
@@ -135,50 +127,14 @@ def test_run_cache_restore_makes_no_new_run_and_points_at_the_original(baseline:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """`mlflow server` in its own process, with its own SQLite store, on a free localhost port."""
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=tmp_path,
-        env=pipeline_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "server.log").open("w"),
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{uri}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()}")
-            time.sleep(0.5)
+def live_server(tmp_path: Path) -> Iterator[str]:
+    with mlflow_server(tmp_path) as uri:
         yield uri
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
-def test_pipeline_logs_to_a_live_tracking_server(baseline: Path, mlflow_server: str) -> None:
-    dvc(baseline, "exp", "run", "--temp", "--name", "served", "-S", "train.seed=7", MLFLOW_TRACKING_URI=mlflow_server)
-    client = MlflowClient(mlflow_server)
+def test_pipeline_logs_to_a_live_tracking_server(baseline: Path, live_server: str) -> None:
+    dvc(baseline, "exp", "run", "--temp", "--name", "served", "-S", "train.seed=7", MLFLOW_TRACKING_URI=live_server)
+    client = MlflowClient(live_server)
     (run,) = runs_named(client, "served")
     assert run.info.status == "FINISHED"
     assert run.data.params["train.seed"] == "7"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from stages import artifacts, evaluate, export, prepare, serving, split, train, trained
 from stages.params import Params, RegistryParams, parse_params
-from tests.conftest import merged
+from tests.conftest import free_port, merged
 
 pytestmark = pytest.mark.slow
 
@@ -419,9 +418,7 @@ def test_unreachable_server_stops_export_before_it_writes(pipeline, tmp_path: Pa
     (output / "previous.txt").write_text("previous export")
     report = tmp_path / "report.json"
     report.write_text("previous report")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         with pytest.raises(ValueError, match=f"server http://127.0.0.1:{port} cannot be reached"):

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from stages import tracking
-from tests.conftest import PROJECT_ROOT, git
+from tests.conftest import PROJECT_ROOT, free_port, git
 
 
 def test_default_store_is_absolute_sqlite_at_dvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,12 +170,6 @@ def test_credentials_move_out_of_the_uri(monkeypatch: pytest.MonkeyPatch) -> Non
         assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("alice", "s@cret")
     finally:
         mlflow.set_tracking_uri(None)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_unreachable_server_fails_fast_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
