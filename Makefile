@@ -5,12 +5,14 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PORT ?= 5000
+SERVE_PORT ?= 5001
+MODEL ?= digits
 
 # Stage commands in dvc.yaml say `python`; this makes it the project's interpreter.
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test ui lint format lock bench
+.PHONY: help install repro test ui predict serve lint format lock bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +34,14 @@ test: $(INSTALLED) ## Run every test, slow end-to-end ones included, offline
 ui: $(INSTALLED) ## Open the MLflow UI on 127.0.0.1:$(PORT) against the project's store
 	@echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments (runs table: .../#/experiments/<id>/runs)"
 	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port $(PORT)
+
+predict: $(INSTALLED) ## Predict 8 test-split images, written as PNG files to samples/, with the exported SavedModel
+	python -m stages.samples --dataset data/split/test.npz --count 8 --output samples/test
+	python -m stages.predict samples/test
+
+serve: $(INSTALLED) ## Serve the registered $(MODEL)@champion over REST on 127.0.0.1:$(SERVE_PORT) (mlflow models serve)
+	MLFLOW_TRACKING_URI="sqlite:///$(CURDIR)/mlflow.db" mlflow models serve -m "models:/$(MODEL)@champion" \
+		--env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
 bench: $(INSTALLED) ## Time prepare on 70,000 generated 28x28 PNG files
 	python benchmarks/prepare_images.py

@@ -13,32 +13,36 @@ import mlflow
 import numpy as np
 
 from stages import artifacts, cli, datasets, gate, registry, serving, tracking, trained
-from stages.params import ExportParams, RegistryParams, flatten, load_params
+from stages.params import Params, flatten, load_params
 
 
 def run(
-    export: ExportParams,
-    registry_params: RegistryParams,
+    params: Params,
     model_dir: Path,
     test_path: Path,
+    metrics_path: Path,
+    statistics_path: Path,
     output: Path,
+    card_path: Path,
     report_path: Path,
 ) -> dict:
-    """Export the trained model to `output`, verify it, register it, and promote it if it passes the gate.
+    """Export the trained model to `output`, verify it, register it, promote it if it passes the gate, and describe it.
 
     The SavedModel is written beside `output` and moved into place only after it has been reloaded
     with `tf.saved_model.load` in a separate process and agrees with the Keras model on every test
     image: identical classes and probabilities within `export.tolerance`. Every verified model
     becomes a new version of the registered model; the `champion` alias moves to it only when the
-    quality gate blesses it.
+    quality gate blesses it. The model card at `card_path` records the signature, class names, data
+    version, test metrics (from `metrics_path`), MLflow run and the params that produced the model.
 
     Returns:
         The export report written to `report_path`.
 
     Raises:
-        ValueError: the tracking server is unreachable, or the reloaded SavedModel disagrees with the
-            Keras model.
+        ValueError: the tracking server is unreachable, an input report is missing, or the reloaded
+            SavedModel disagrees with the Keras model.
     """
+    export, registry_params = params.export, params.registry
     tracking.configure()  # a malformed or unreachable store fails here, before any heavy work
     classifier = trained.load_model(model_dir)
     run_id = trained.run_id(model_dir)
@@ -47,6 +51,8 @@ def run(
     expected = classifier.predict(test_set.images, batch_size=256, verbose=0)
     test_accuracy = float((expected.argmax(axis=1) == test_set.labels).mean())
     test_digest = datasets.digest(test_set.images, test_set.labels)
+    test_metrics = _read_report(metrics_path, "evaluate")
+    data_version = _read_report(statistics_path, "prepare").get("data_version", {})
 
     with tracking.resume_run(run_id, source=trained.run_file(model_dir)):
         tracking.log_params({**flatten(export, prefix="export."), **flatten(registry_params, prefix="registry.")})
@@ -69,6 +75,7 @@ def run(
                     f"{agreement.max_abs_difference:.3g} (export.tolerance = {export.tolerance:g}), "
                     f"class names {'match' if names_match else 'do not match'}"
                 )
+            contract = serving.signature(staged)
             mlflow.log_artifacts(str(staged), f"savedmodel/{export.model_name}/{export.version}")
         current = registry.champion(registry_params.model_name)
         decision = gate.decide(
@@ -81,9 +88,10 @@ def run(
         if current and current.test_digest != test_digest:
             reason += f" (champion version {current.version} was measured on another test set)"
         version = registry.register(
-            classifier,
+            output,
             registry_params.model_name,
-            tracking.model_signature(test_set.images.shape[1:], len(test_set.class_names), input_name=None),
+            registry.signature(test_set.images.shape[1:], serving.INPUT_NAME),
+            test_set.images[:1],
             {
                 registry.ACCURACY_TAG: str(test_accuracy),
                 registry.TEST_DIGEST_TAG: test_digest,
@@ -118,8 +126,37 @@ def run(
                 "blessed_reason": reason,
             }
         )
+        card = {
+            "model_name": export.model_name,
+            "version": export.version,
+            "format": "TensorFlow SavedModel",
+            "endpoints": [serving.ENDPOINT, "serving_default"],
+            **contract,
+            "class_names": list(test_set.class_names),
+            "data": {
+                "source": data_version.get("source"),
+                "digest": data_version.get("digest"),
+                "test_images": len(test_set),
+                "test_digest": test_digest,
+            },
+            "test_metrics": test_metrics,
+            "mlflow": {"run_id": run_id, "registered_model": registry_params.model_name, "registered_version": version},
+            "params": {
+                section: getattr(params, section).model_dump(mode="json")
+                for section in ("data", "split", "train", "export")
+            },
+        }
+        artifacts.write_json(card_path, card)
+        mlflow.log_artifact(str(card_path), f"savedmodel/{export.model_name}")
         artifacts.write_json(report_path, report)
     return report
+
+
+def _read_report(path: Path, stage: str) -> dict:
+    try:
+        return artifacts.read_json(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read the {stage} stage's report ({error}); run `dvc repro {stage}`") from None
 
 
 def _predict_in_fresh_process(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -135,11 +172,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--model-dir", type=Path, required=True, help="folder written by the train stage")
     parser.add_argument("--test", type=Path, required=True, help="test split (.npz) to verify the export on")
+    parser.add_argument("--metrics", type=Path, required=True, help="test metrics written by evaluate (.json)")
+    parser.add_argument("--data-statistics", type=Path, required=True, help="statistics written by prepare (.json)")
     parser.add_argument("--output", type=Path, required=True, help="SavedModel version folder to write")
+    parser.add_argument("--card", type=Path, required=True, help="model card to write (.json)")
     parser.add_argument("--report", type=Path, required=True, help="export report to write (.json)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    report = run(params.export, params.registry, args.model_dir, args.test, args.output, args.report)
+    report = run(
+        params, args.model_dir, args.test, args.metrics, args.data_statistics, args.output, args.card, args.report
+    )
     print(
         f"export: SavedModel -> {args.output}; reloaded in a fresh process, {report['images_checked']} test "
         f"images agree (max probability difference {report['max_abs_difference']:.2g})"

@@ -103,6 +103,11 @@ class RegistryParams(_Section):
     max_accuracy_drop: float = Field(ge=0, le=1)
 
 
+class PredictParams(_Section):
+    batch_size: int = Field(ge=1, le=8192)
+    top_k: int = Field(ge=1, le=1000)
+
+
 class MlflowParams(_Section):
     experiment_name: str = Field(min_length=1, max_length=200)
 
@@ -114,6 +119,7 @@ class Params(_Section):
     evaluate: EvaluateParams
     export: ExportParams
     registry: RegistryParams
+    predict: PredictParams
     mlflow: MlflowParams
 
 

@@ -77,7 +77,7 @@ def run(
 
 def load(data: DataParams, raw_dir: Path | None, workers: int | None = None, progress: bool = True) -> sources.Loaded:
     """Read the dataset `data.source` names, every image brought to the params' size and channels."""
-    spec = images.ImageSpec(data.image_height, data.image_width, data.channels, data.interpolation, data.aspect)
+    spec = image_spec(data)
     if data.source == "embedded":
         return sources.load_embedded(spec)
     if data.source == "keras":
@@ -90,6 +90,11 @@ def load(data: DataParams, raw_dir: Path | None, workers: int | None = None, pro
     if data.source == "npz":
         return sources.load_npz(raw_dir, spec)
     return sources.load_idx(raw_dir, spec)
+
+
+def image_spec(data: DataParams) -> images.ImageSpec:
+    """The decoding rules of the `data` params: what every image file becomes, here and in predict."""
+    return images.ImageSpec(data.image_height, data.image_width, data.channels, data.interpolation, data.aspect)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,24 +1,31 @@
 """The MLflow model registry: a new version for every export, and the alias the quality gate moves.
 
 Stages are deprecated in MLflow's registry; the current best model is the version carrying the
-`champion` alias, loadable as `models:/<name>@champion`.
+`champion` alias, loadable as `models:/<name>@champion` and servable with `mlflow models serve`.
+Each version is the exported SavedModel itself, wrapped as a pyfunc model (`stages/pyfunc_model.py`),
+so MLflow serves exactly what TF Serving would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 
-import keras
 import mlflow
-import tensorflow as tf
+import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
 
 CHAMPION = "champion"
 ACCURACY_TAG = "test_accuracy"
 TEST_DIGEST_TAG = "data.test_digest"
 MODEL_ARTIFACT = "registered_model"
+# Logged "from code": MLflow runs this file to build the model, so the file must stand alone.
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+SAVEDMODEL_ARTIFACT = "savedmodel"  # the key pyfunc_model.py reads the SavedModel's folder from
 
 
 @dataclass(frozen=True)
@@ -49,19 +56,48 @@ def champion(name: str) -> Champion | None:
     return Champion(int(version.version), float(version.tags[ACCURACY_TAG]), version.tags.get(TEST_DIGEST_TAG))
 
 
-def register(model: keras.Model, name: str, signature: ModelSignature, tags: Mapping[str, str]) -> int:
-    """Log `model` to the active run as a SavedModel with `signature` and add it as a version of `name`.
+def signature(image_shape: Sequence[int], input_name: str) -> ModelSignature:
+    """The served signature: a batch of uint8 images named `images`, one record per image back.
+
+    MLflow checks every request against the input: a wrong rank or image size, or values that are
+    not integers in 0..255, is answered with HTTP 400 before the model runs.
+    """
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape), input_name)]),
+        outputs=Schema(
+            [
+                ColSpec(Array("float"), "probabilities"),
+                ColSpec("long", "class_id"),
+                ColSpec("string", "class_name"),
+            ]
+        ),
+    )
+
+
+def register(
+    savedmodel: Path, name: str, signature: ModelSignature, example: np.ndarray, tags: Mapping[str, str]
+) -> int:
+    """Log the SavedModel folder to the active run as a pyfunc model and add it as a version of `name`.
+
+    `example` (a few images) is stored with the model as the request body the MLflow UI shows and
+    `mlflow models serve` accepts; logging it runs the model on it once.
+
+    The model is logged "from code" (`stages/pyfunc_model.py` travels with it), so loading it
+    unpickles nothing; `savedmodel` is copied into the model's artifacts.
 
     Returns:
         The new version number.
     """
-    info = mlflow.keras.log_model(
-        model,
+    info = mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT,
+        python_model=str(PYFUNC_CODE),
+        artifacts={SAVEDMODEL_ARTIFACT: str(savedmodel)},
         signature=signature,
-        save_exported_model=True,
+        input_example=example,
         registered_model_name=name,
-        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+        pip_requirements=[
+            f"{package}=={metadata.version(package)}" for package in ("mlflow", "tensorflow", "numpy", "pandas")
+        ],
     )
     version = str(info.registered_model_version)
     client = MlflowClient()

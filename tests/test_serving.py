@@ -25,21 +25,62 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     return classifier, dataset, path
 
 
-def test_layout_and_signature(exported: tuple) -> None:
+# The contract clients are written against. Changing it breaks every client: change this on purpose only.
+CONTRACT = {
+    "input": {"name": "images", "dtype": "uint8", "shape": [None, 12, 12, 1]},
+    "outputs": {
+        "class_id": {"dtype": "int64", "shape": [None]},
+        "class_name": {"dtype": "string", "shape": [None]},
+        "probabilities": {"dtype": "float32", "shape": [None, 3]},
+    },
+}
+
+
+def test_layout_and_endpoints(exported: tuple) -> None:
     _, _, path = exported
     assert (path / "saved_model.pb").is_file()
     assert (path / "variables").is_dir()
+    assert set(tf.saved_model.load(str(path)).signatures) == {"serve", "serving_default"}
+
+
+@pytest.mark.parametrize("endpoint", ["serve", "serving_default"])
+def test_signature_contract(exported: tuple, endpoint: str) -> None:
+    _, _, path = exported
+    function = tf.saved_model.load(str(path)).signatures[endpoint]
+    args, kwargs = function.structured_input_signature
+    assert args == ()
+    assert kwargs == {"images": tf.TensorSpec([None, 12, 12, 1], tf.uint8, name="images")}
+    outputs = function.structured_outputs
+    assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in outputs.items()} == {
+        "probabilities": (tf.float32, [None, 3]),
+        "class_id": (tf.int64, [None]),
+        "class_name": (tf.string, [None]),
+    }
+    assert serving.signature(path, endpoint) == CONTRACT
+
+
+def test_class_names_travel_inside_the_savedmodel(exported: tuple) -> None:
+    _, dataset, path = exported
     loaded = tf.saved_model.load(str(path))
-    assert set(loaded.signatures) == {"serve", "serving_default"}
-    signature = loaded.signatures["serving_default"]
-    (spec,) = signature.structured_input_signature[1].values()
-    assert spec.dtype == tf.uint8
-    assert spec.shape.as_list() == [None, 12, 12, 1]
-    outputs = signature.structured_outputs
-    assert set(outputs) == set(serving.OUTPUTS)
-    assert outputs["probabilities"].dtype == tf.float32
-    assert outputs["class_id"].dtype == tf.int64
-    assert outputs["class_name"].dtype == tf.string
+    assert [name.decode() for name in loaded.class_names[0].numpy()] == list(dataset.class_names)
+    assert not [file for file in path.rglob("*") if file.suffix in (".txt", ".json")], "no side file"
+    classifier = serving.load_classifier(path)
+    assert classifier.class_names == dataset.class_names
+    assert classifier.image_shape == (12, 12, 1)
+
+
+def test_load_classifier_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a readable SavedModel"):
+        serving.load_classifier(tmp_path)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "saved_model.pb").write_bytes(b"not a protocol buffer")
+    with pytest.raises(ValueError, match="not a readable SavedModel"):
+        serving.load_classifier(tmp_path / "broken")
+    module = tf.Module()
+    module.double = tf.function(lambda x: {"y": 2 * x}, input_signature=[tf.TensorSpec([None], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "other"), signatures={"serve": module.double})
+    with pytest.raises(ValueError, match="no 'serve' endpoint taking a batch of uint8 images"):
+        serving.load_classifier(tmp_path / "other")
 
 
 @pytest.mark.parametrize("batch", [1, 7, 30])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from stages import artifacts, evaluate, export, prepare, serving, split, train, trained
-from stages.params import Params, RegistryParams, parse_params
+from stages import artifacts, evaluate, export, prepare, samples, serving, split, train, trained
+from stages.params import Params, parse_params
 from tests.conftest import free_port, merged
 
 pytestmark = pytest.mark.slow
@@ -33,6 +33,7 @@ def run_pipeline(params: Params, root: Path) -> dict[str, Path]:
         "confusion": root / "reports/evaluate/confusion.csv",
         "figure": root / "reports/evaluate/confusion_matrix.png",
         "savedmodel": root / "models/serving/digits/1",
+        "card": root / "models/serving/digits/model_card.json",
         "export_report": root / "reports/export/report.json",
     }
     prepare.run(params.data, paths["dataset"], paths["statistics"])
@@ -61,10 +62,22 @@ def run_pipeline(params: Params, root: Path) -> dict[str, Path]:
         paths["confusion"],
         paths["figure"],
     )
-    export.run(
-        params.export, params.registry, paths["model"], paths["test"], paths["savedmodel"], paths["export_report"]
-    )
+    export_run(params, paths, paths["savedmodel"], paths["export_report"], paths["card"])
     return paths
+
+
+def export_run(params: Params, paths: dict[str, Path], output: Path, report: Path, card: Path | None = None) -> dict:
+    """The export stage on the pipeline's model, test split and reports, writing to `output`."""
+    return export.run(
+        params,
+        paths["model"],
+        paths["test"],
+        paths["metrics"],
+        paths["statistics"],
+        output,
+        card or output.parent / "model_card.json",
+        report,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +195,37 @@ def test_rerun_gives_identical_metrics(pipeline, tmp_path: Path) -> None:
         serving.predict_savedmodel(again["savedmodel"], test_images)["probabilities"],
         serving.predict_savedmodel(paths["savedmodel"], test_images)["probabilities"],
     )
+    # The model card differs only in the MLflow run it names.
+    card, card_again = artifacts.read_json(paths["card"]), artifacts.read_json(again["card"])
+    assert card["mlflow"]["run_id"] != card_again["mlflow"]["run_id"]
+    assert {key: value for key, value in card.items() if key != "mlflow"} == {
+        key: value for key, value in card_again.items() if key != "mlflow"
+    }
+
+
+def test_model_card_describes_the_export(pipeline) -> None:
+    params, paths, uri = pipeline
+    card = artifacts.read_json(paths["card"])
+    report = artifacts.read_json(paths["export_report"])
+    statistics = artifacts.read_json(paths["statistics"])
+    test_set = artifacts.load_dataset(paths["test"])
+    assert card["model_name"] == "digits"
+    assert card["version"] == 1
+    assert card["input"] == {"name": "images", "dtype": "uint8", "shape": [None, 28, 28, 1]}
+    assert card["outputs"]["probabilities"] == {"dtype": "float32", "shape": [None, 10]}
+    assert card["class_names"] == list(test_set.class_names)
+    assert card["data"]["digest"] == statistics["data_version"]["digest"]
+    assert card["data"]["test_images"] == 45
+    assert card["test_metrics"] == artifacts.read_json(paths["metrics"])
+    assert card["mlflow"] == {
+        "run_id": trained.run_id(paths["model"]),
+        "registered_model": "digits",
+        "registered_version": report["registered_version"],
+    }
+    assert parse_params({**params.model_dump(), **card["params"]}) == params
+    assert not list(paths["card"].parent.glob(".*.tmp"))
+    logged = {item.path for item in MlflowClient(uri).list_artifacts(card["mlflow"]["run_id"], "savedmodel/digits")}
+    assert "savedmodel/digits/model_card.json" in logged
 
 
 def test_export_refuses_a_model_that_disagrees(pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -194,7 +238,7 @@ def test_export_refuses_a_model_that_disagrees(pipeline, tmp_path: Path, monkeyp
     output.mkdir(parents=True)
     (output / "previous.txt").write_text("previous export")
     with pytest.raises(ValueError, match="disagrees with the Keras model on 45 test images: 3 different classes"):
-        export.run(params.export, params.registry, paths["model"], paths["test"], output, tmp_path / "report.json")
+        export_run(params, paths, output, tmp_path / "report.json")
     assert [path.name for path in output.iterdir()] == ["previous.txt"]
     assert [path.name for path in output.parent.iterdir()] == ["1"]
     assert not (tmp_path / "report.json").exists()
@@ -245,7 +289,7 @@ STAGE_OUTPUTS = {
     "split": ("train", "validation", "test", "split_report"),
     "train": ("model", "history", "summary", "timing"),
     "evaluate": ("metrics", "per_class", "confusion", "figure"),
-    "export": ("savedmodel", "export_report"),
+    "export": ("savedmodel", "card", "export_report"),
 }
 
 
@@ -292,8 +336,7 @@ def rerun(stage: str, params: Params, paths: dict[str, Path], outputs: dict[str,
         evaluate.run(params.evaluate, paths["model"], paths["test"], outputs["metrics"], outputs["per_class"],
                      outputs["confusion"], outputs["figure"])  # fmt: skip
     else:
-        export.run(params.export, params.registry, paths["model"], paths["test"], outputs["savedmodel"],
-                   outputs["export_report"])  # fmt: skip
+        export_run(params, paths, outputs["savedmodel"], outputs["export_report"], outputs["card"])
 
 
 @pytest.mark.parametrize("stage", list(STAGE_OUTPUTS))
@@ -348,9 +391,7 @@ def test_full_disk_during_export_is_one_clear_line(pipeline, tmp_path: Path, cap
             patch.setenv("MLFLOW_TRACKING_URI", uri)
             code = cli.execute(
                 "export",
-                lambda argv: export.run(
-                    params.export, params.registry, paths["model"], paths["test"], previous, tmp_path / "r.json"
-                ),
+                lambda argv: export_run(params, paths, previous, tmp_path / "r.json", tmp_path / "card.json"),
             )
         assert code == cli.EXIT_ERROR
         error = capsys.readouterr().err.strip().splitlines()
@@ -361,8 +402,8 @@ def test_full_disk_during_export_is_one_clear_line(pipeline, tmp_path: Path, cap
         subprocess.run(["umount", str(disk)], check=False)
 
 
-def with_gate(params: Params, **gate: float) -> RegistryParams:
-    return parse_params(merged(params.model_dump(), {"registry": gate})).registry
+def with_gate(params: Params, **gate: float) -> Params:
+    return parse_params(merged(params.model_dump(), {"registry": gate}))
 
 
 def test_gate_promotes_a_good_model_and_only_versions_a_weak_one(pipeline, tmp_path: Path) -> None:
@@ -375,11 +416,9 @@ def test_gate_promotes_a_good_model_and_only_versions_a_weak_one(pipeline, tmp_p
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        blessed = export.run(
-            params.export,
+        blessed = export_run(
             with_gate(params, min_test_accuracy=0.0, max_accuracy_drop=0.0),
-            paths["model"],
-            paths["test"],
+            paths,
             tmp_path / "blessed" / "1",
             tmp_path / "blessed.json",
         )
@@ -387,11 +426,9 @@ def test_gate_promotes_a_good_model_and_only_versions_a_weak_one(pipeline, tmp_p
         assert blessed["registered_version"] == first["registered_version"] + 1
         assert int(client.get_model_version_by_alias(name, "champion").version) == blessed["registered_version"]
 
-        refused = export.run(
-            params.export,
+        refused = export_run(
             with_gate(params, min_test_accuracy=1.0, max_accuracy_drop=1.0),
-            paths["model"],
-            paths["test"],
+            paths,
             tmp_path / "refused" / "1",
             tmp_path / "refused.json",
         )
@@ -422,6 +459,119 @@ def test_unreachable_server_stops_export_before_it_writes(pipeline, tmp_path: Pa
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         with pytest.raises(ValueError, match=f"server http://127.0.0.1:{port} cannot be reached"):
-            export.run(params.export, params.registry, paths["model"], paths["test"], output, report)
+            export_run(params, paths, output, report)
     assert [path.name for path in output.iterdir()] == ["previous.txt"]
     assert report.read_text() == "previous report"
+
+
+# Using the model: the layout TF Serving reads, and the REST endpoint `mlflow models serve` gives.
+
+
+def test_tf_serving_layout_and_request_body(pipeline, tmp_path: Path) -> None:
+    import json
+
+    import tensorflow as tf
+
+    _, paths, _ = pipeline
+    base = paths["savedmodel"].parent
+    entries = sorted(path.name for path in base.iterdir())
+    # TF Serving loads the highest folder whose name is an integer and skips every other name.
+    assert [name for name in entries if name.isdigit()] == ["1"]
+    assert [name for name in entries if not name.isdigit()] == ["model_card.json"]
+    assert (base / "1" / "saved_model.pb").is_file()
+    assert (base / "1" / "variables" / "variables.index").is_file()
+    signature = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
+    assert set(signature.structured_outputs) == {"probabilities", "class_id", "class_name"}
+    (input_name, spec), *_ = signature.structured_input_signature[1].items()
+
+    samples.run(paths["test"], 3, request=tmp_path / "request.json")  # as the README builds it
+    body = json.loads((tmp_path / "request.json").read_text())
+    # One named input: TF Serving maps the instances onto it, row by row.
+    assert list(body) == ["instances"]
+    instances = np.asarray(body["instances"])
+    assert instances.dtype == np.int64
+    assert instances.min() >= 0
+    assert instances.max() <= 255
+    batch = tf.constant(instances.astype(np.uint8))
+    assert (input_name, spec.dtype) == ("images", tf.uint8)
+    assert spec.is_compatible_with(batch)
+    assert signature(**{input_name: batch})["class_id"].shape == (3,)
+
+
+def post(url: str, body: object) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_mlflow_serves_the_registered_version_over_rest(pipeline, tmp_path: Path) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    from tests.conftest import VENV_BIN, pipeline_env
+
+    params, paths, uri = pipeline
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "serve.log"
+    version = artifacts.read_json(paths["export_report"])["registered_version"]
+    command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{params.registry.model_name}/{version}",
+               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with log_path.open("w") as log:
+        # Its own session, so that the server and the workers it starts are stopped together.
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                  env=pipeline_env(MLFLOW_TRACKING_URI=uri), start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"mlflow models serve did not start:\n{log_path.read_text()}")
+            time.sleep(0.5)
+
+        samples.run(paths["test"], 5, request=tmp_path / "request.json")
+        body = json.loads((tmp_path / "request.json").read_text())
+        status, answer = post(f"{url}/invocations", body)
+        assert status == 200, answer
+        local = serving.predict_savedmodel(paths["savedmodel"], np.asarray(body["instances"], np.uint8))
+        predictions = answer["predictions"]
+        assert [row["class_id"] for row in predictions] == local["class_id"].tolist()
+        assert [row["class_name"] for row in predictions] == local["class_name"].astype(str).tolist()
+        served = np.asarray([row["probabilities"] for row in predictions], np.float32)
+        assert np.array_equal(served, local["probabilities"])
+
+        images = np.asarray(body["instances"])
+        bad_requests = {
+            "wrong image size": {"instances": images[:, :20].tolist()},
+            "wrong rank": {"instances": images[:, :, :, 0].tolist()},
+            "not numbers": {"instances": [[["white"] * 28] * 28]},
+            "not uint8": {"instances": (images + 300).tolist()},
+            "neither instances nor inputs": {"images": images.tolist()},
+        }
+        for problem, bad in bad_requests.items():
+            status, error = post(f"{url}/invocations", bad)
+            assert 400 <= status < 500, problem
+            assert error["message"], problem
+        status, again = post(f"{url}/invocations", body)
+        assert (status, again) == (200, answer), "the server keeps serving after bad requests"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
