@@ -35,13 +35,15 @@ ARTIFACTS_DIR = "mlruns"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 DESCRIPTION_TAG = "mlflow.note.content"
 
-# MLflow retries a failed HTTP request 7 times with exponential backoff and waits 120 s for each
-# answer: minutes before a stage learns that its server is gone. These bound a stage to well under
-# 30 s; a user who sets any of them keeps their value.
+# MLflow retries a failed HTTP request 7 times with exponential backoff: minutes before a stage
+# learns that its server is gone. Two retries fail a stage within seconds of a refused connection.
+# The answer timeout stays generous: MLflow retries a request that timed out, and registering a
+# model is not idempotent, so a busy server that answered after a short timeout got the same
+# version registered twice. A user who sets any of these keeps their value.
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
 }
 HEALTH_TIMEOUT_SECONDS = 5
 
