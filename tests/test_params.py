@@ -60,6 +60,17 @@ def test_flatten_uses_dotted_keys() -> None:
         ({"train": {"optimizer": "adamax"}}, "train.optimizer = 'adamax': Input should be 'adam', 'adamw'"),
         ({"train": {"activation": "swishy"}}, "train.activation = 'swishy': Input should be 'relu'"),
         ({"train": {"dropout_rate": 1.0}}, "train.dropout_rate = 1.0: Input should be less than 1"),
+        ({"train": {"batch_norm_momentum": 1.0}}, "train.batch_norm_momentum = 1.0: Input should be less than 1"),
+        ({"train": {"jit_compile": "auto"}}, "train.jit_compile = 'auto': Input should be a valid boolean"),
+        (
+            {"train": {"jit_compile": True, "augment_translation": 0.1}},
+            "train: jit_compile = true needs augment_translation = 0",
+        ),
+        ({"train": {"mixed_precision": 1}}, "train.mixed_precision = 1: Input should be a valid boolean"),
+        (
+            {"train": {"intra_op_threads": -1}},
+            "train.intra_op_threads = -1: Input should be greater than or equal to 0",
+        ),
         ({"split": {"test_fraction": 0}}, "split.test_fraction = 0: Input should be greater than 0"),
         ({"split": {"validation_fraction": 1.5}}, "split.validation_fraction = 1.5: Input should be less than 1"),
         ({"export": {"model_name": "my model/1"}}, "export.model_name = 'my model/1': String should match pattern"),
