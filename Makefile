@@ -10,10 +10,10 @@ PORT ?= 5000
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test ui lint format lock bench
+.PHONY: help install repro test ui lint format lock bench bench-prepare
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(INSTALLED): requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,10 @@ ui: $(INSTALLED) ## Open the MLflow UI on 127.0.0.1:$(PORT) against the project'
 	@echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments (runs table: .../#/experiments/<id>/runs)"
 	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port $(PORT)
 
-bench: $(INSTALLED) ## Time prepare on 70,000 generated 28x28 PNG files
+bench: $(INSTALLED) ## Benchmark training, dvc repro, memory and FLOPs against plain Keras (writes BENCHMARKS.md)
+	python -m benchmarks.run --output BENCHMARKS.md
+
+bench-prepare: $(INSTALLED) ## Time prepare on 70,000 generated 28x28 PNG files
 	python benchmarks/prepare_images.py
 
 lint: $(INSTALLED) ## Check style with ruff
