@@ -36,15 +36,15 @@ def test_params_are_frozen() -> None:
 
 
 def test_exponent_without_dot_is_a_float(tmp_path: Path) -> None:
-    text = (PROJECT_ROOT / "params.yaml").read_text().replace("learning_rate: 0.003", "learning_rate: 3e-3")
+    text = (PROJECT_ROOT / "params.yaml").read_text().replace("learning_rate: 0.005", "learning_rate: 5e-3")
     path = tmp_path / "params.yaml"
     path.write_text(text)
-    assert load_params(path).train.learning_rate == pytest.approx(0.003)
+    assert load_params(path).train.learning_rate == pytest.approx(0.005)
 
 
 def test_flatten_uses_dotted_keys() -> None:
     flat = flatten(load_params(PROJECT_ROOT / "params.yaml"))
-    assert flat["train.learning_rate"] == pytest.approx(0.003)
+    assert flat["train.learning_rate"] == pytest.approx(0.005)
     assert flat["split.seed"] == 42
     assert all(key.count(".") == 1 for key in flat)
 
