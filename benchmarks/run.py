@@ -134,7 +134,7 @@ def measure(data_path: Path | None, quick: bool) -> dict:
 def machine() -> dict:
     import tensorflow as tf
 
-    info = training._cpuinfo()
+    info = training.cpuinfo()
     return {
         "cpu": info.get("model name", platform.processor() or "unknown"),
         "cores": len(os.sched_getaffinity(0)),
@@ -292,7 +292,7 @@ def render(results: dict, command: str, figure_name: str) -> str:
         f"At the stage's median {statistics.median(speed['pipeline']):,.0f} images/s that is "
         f"**{ceiling['achieved_flops'] / 1e9:.2f} GFLOP/s**.",
         "",
-        f"- Measured peak: the best float32 {'512' if results.get('quick') else '2048'}-side matrix product "
+        f"- Measured peak: the best float32 {peak['matrix_side']}-side matrix product "
         f"through TensorFlow: {peak['measured'] / 1e9:.1f} GFLOP/s; the training loop reaches "
         f"**{ceiling['fraction_of_measured']:.1%}** of it (the fraction this report uses).",
     ]

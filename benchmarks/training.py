@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -313,6 +314,7 @@ class Peak:
     flops_per_cycle: int
     theoretical: float
     measured: float
+    matrix_side: int
 
 
 def cpu_peak(matrix_side: int = 2048, repeats: int = 5) -> Peak:
@@ -323,7 +325,7 @@ def cpu_peak(matrix_side: int = 2048, repeats: int = 5) -> Peak:
     nominal one /proc/cpuinfo reports; turbo can exceed it. Measured: the best of `repeats` float32
     matrix products of side `matrix_side` through TensorFlow (oneDNN), 2 n^3 FLOPs each.
     """
-    info = _cpuinfo()
+    info = cpuinfo()
     flags = set(info.get("flags", "").split())
     if "avx512f" in flags:
         per_cycle = 64
@@ -331,7 +333,7 @@ def cpu_peak(matrix_side: int = 2048, repeats: int = 5) -> Peak:
         per_cycle = 32
     else:
         per_cycle = 8
-    cores = len(_available_cpus())
+    cores = len(os.sched_getaffinity(0))
     megahertz = float(info.get("cpu MHz", "0") or 0)
     left = tf.random.stateless_uniform((matrix_side, matrix_side), seed=(1, 2))
     right = tf.random.stateless_uniform((matrix_side, matrix_side), seed=(3, 4))
@@ -348,10 +350,12 @@ def cpu_peak(matrix_side: int = 2048, repeats: int = 5) -> Peak:
         flops_per_cycle=per_cycle,
         theoretical=cores * megahertz * 1e6 * per_cycle,
         measured=2 * matrix_side**3 / best,
+        matrix_side=matrix_side,
     )
 
 
-def _cpuinfo() -> dict[str, str]:
+def cpuinfo() -> dict[str, str]:
+    """The first value of each field of /proc/cpuinfo (Linux); empty elsewhere."""
     fields: dict[str, str] = {}
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -361,9 +365,3 @@ def _cpuinfo() -> dict[str, str]:
         name, _, value = line.partition(":")
         fields.setdefault(name.strip(), value.strip())
     return fields
-
-
-def _available_cpus() -> set[int]:
-    import os
-
-    return os.sched_getaffinity(0)
