@@ -12,10 +12,10 @@ MODEL ?= digits
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test ui predict serve lint format lock bench
+.PHONY: help install repro test ui predict serve lint format lock bench bench-prepare
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(INSTALLED): requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,10 @@ serve: $(INSTALLED) ## Serve the registered $(MODEL)@champion over REST on 127.0
 	MLFLOW_TRACKING_URI="sqlite:///$(CURDIR)/mlflow.db" mlflow models serve -m "models:/$(MODEL)@champion" \
 		--env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
-bench: $(INSTALLED) ## Time prepare on 70,000 generated 28x28 PNG files
+bench: $(INSTALLED) ## Benchmark training, dvc repro, memory and FLOPs against plain Keras (writes BENCHMARKS.md)
+	python -m benchmarks.run --output BENCHMARKS.md
+
+bench-prepare: $(INSTALLED) ## Time prepare on 70,000 generated 28x28 PNG files
 	python benchmarks/prepare_images.py
 
 lint: $(INSTALLED) ## Check style with ruff

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -10,6 +12,8 @@ import tensorflow as tf
 from keras import layers
 
 from stages.params import TrainParams
+
+logger = logging.getLogger(__name__)
 
 
 def build_model(input_shape: tuple[int, int, int], num_classes: int, params: TrainParams) -> keras.Model:
@@ -50,7 +54,9 @@ def build_model(input_shape: tuple[int, int, int], num_classes: int, params: Tra
                 name=f"block{block + 1}_conv{conv + 1}",
             )(x)
             if params.batch_norm:
-                x = layers.BatchNormalization(name=f"block{block + 1}_bn{conv + 1}")(x)
+                x = layers.BatchNormalization(
+                    momentum=params.batch_norm_momentum, name=f"block{block + 1}_bn{conv + 1}"
+                )(x)
             x = layers.Activation(params.activation, name=f"block{block + 1}_act{conv + 1}")(x)
         x = layers.MaxPooling2D(name=f"block{block + 1}_pool")(x)
     if params.pooling == "global_average":
@@ -61,7 +67,8 @@ def build_model(input_shape: tuple[int, int, int], num_classes: int, params: Tra
         x = layers.Dropout(params.dropout_rate, seed=params.seed, name="dense_dropout")(x)
         x = layers.Dense(params.dense_units, activation=params.activation, name="dense")(x)
     x = layers.Dropout(params.dropout_rate, seed=params.seed, name="head_dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    # float32 even under mixed precision: a float16 softmax rounds small probabilities to 0.
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="image_classifier")
 
 
@@ -92,7 +99,46 @@ def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int)
         "sgd": lambda: keras.optimizers.SGD(rate, momentum=0.9, nesterov=True),
     }
     metric = "accuracy" if params.loss.startswith("sparse_") else keras.metrics.CategoricalAccuracy(name="accuracy")
-    model.compile(optimizer=optimizers[params.optimizer](), loss=params.loss, metrics=[metric])
+    model.compile(
+        optimizer=optimizers[params.optimizer](), loss=params.loss, metrics=[metric], jit_compile=params.jit_compile
+    )
+
+
+def configure_runtime(params: TrainParams, gpus: Sequence[object] | None = None) -> None:
+    """Apply the thread counts and the precision policy; call before building the model.
+
+    Thread counts can only change before TensorFlow starts its runtime; a process that already ran
+    TensorFlow ops keeps the counts it started with and a warning says so.
+
+    Args:
+        params: the train params.
+        gpus: the GPUs to check mixed precision against; by default those TensorFlow sees.
+
+    Raises:
+        ValueError: mixed precision was asked for and no GPU is visible.
+    """
+    for name, setter, getter in (
+        ("intra_op_threads", tf.config.threading.set_intra_op_parallelism_threads,
+         tf.config.threading.get_intra_op_parallelism_threads),
+        ("inter_op_threads", tf.config.threading.set_inter_op_parallelism_threads,
+         tf.config.threading.get_inter_op_parallelism_threads),
+    ):  # fmt: skip
+        wanted = getattr(params, name)
+        if wanted and getter() != wanted:
+            try:
+                setter(wanted)
+            except RuntimeError:
+                logger.warning("train.%s = %d ignored: TensorFlow already started in this process", name, wanted)
+    if params.mixed_precision:
+        gpus = tf.config.list_physical_devices("GPU") if gpus is None else gpus
+        if not gpus:
+            # On CPUs float16 arithmetic is emulated: it trains several times slower, not faster.
+            raise ValueError(
+                "train.mixed_precision = true needs a GPU and TensorFlow sees none; set it to false on CPUs"
+            )
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    else:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def uses_one_hot_labels(params: TrainParams) -> bool:
@@ -151,7 +197,17 @@ def steps_per_epoch(count: int, batch_size: int) -> int:
     return -(-count // batch_size)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow and make TensorFlow ops deterministic."""
+def seed_everything(seed: int, deterministic_ops: bool = True) -> None:
+    """Seed Python, NumPy and TensorFlow and, unless told otherwise, make TensorFlow ops deterministic.
+
+    Keras turns XLA off while op determinism is on, so a run with `train.jit_compile` passes
+    `deterministic_ops=False`.
+    """
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    if deterministic_ops:
+        tf.config.experimental.enable_op_determinism()
+    else:
+        # The switch is process-wide; TensorFlow's public API can only turn it on.
+        from tensorflow.python.framework import config as tf_config
+
+        tf_config.disable_op_determinism()

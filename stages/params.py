@@ -66,6 +66,7 @@ class TrainParams(_Section):
     kernel_size: int = Field(ge=1, le=11)
     activation: Literal[ACTIVATIONS]  # type: ignore[valid-type]
     batch_norm: bool
+    batch_norm_momentum: float = Field(gt=0, lt=1)
     pooling: Literal["flatten", "global_average"]
     dropout_rate: float = Field(ge=0, lt=1)
     dense_units: int = Field(ge=0, le=8192)
@@ -78,12 +79,21 @@ class TrainParams(_Section):
     batch_size: int = Field(ge=1, le=8192)
     epochs: int = Field(ge=1, le=10_000)
     early_stopping_patience: int = Field(ge=0)
+    jit_compile: bool
+    mixed_precision: bool
+    intra_op_threads: int = Field(ge=0, le=1024)
+    inter_op_threads: int = Field(ge=0, le=1024)
     seed: int = Field(ge=0)
 
     @model_validator(mode="after")
     def _warmup_within_epochs(self) -> TrainParams:
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs = {self.warmup_epochs} must be smaller than epochs = {self.epochs}")
+        if self.jit_compile and self.augment_translation > 0:
+            raise ValueError(
+                "jit_compile = true needs augment_translation = 0: Keras cannot compile its RandomTranslation "
+                "layer with XLA and would silently train without XLA"
+            )
         return self
 
 

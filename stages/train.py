@@ -20,7 +20,7 @@ import mlflow
 import tensorflow as tf
 
 from stages import artifacts, cli, datasets, model, resume, tracking, trained
-from stages.params import Params, flatten, load_params
+from stages.params import Params, TrainParams, flatten, load_params
 
 logger = logging.getLogger(__name__)
 
@@ -78,22 +78,11 @@ def run(
         logger.warning("checkpoint %s names a run no longer in MLflow; training from scratch", checkpoint_path)
         previous = None
 
-    model.seed_everything(settings.seed)
-    classifier = model.build_model(train_set.images.shape[1:], num_classes, settings)
-    steps = model.steps_per_epoch(len(train_set), settings.batch_size)
-    model.compile_model(classifier, settings, steps)
+    classifier = build_classifier(train_set, settings)
     if previous is not None:
         resume.restore(classifier, previous.variables)
         logger.info("resuming from %s after epoch %d of %d", checkpoint_path, previous.epoch, settings.epochs)
     first_epoch = previous.epoch if previous is not None else 0
-    one_hot = model.uses_one_hot_labels(settings)
-    train_data = model.make_training_dataset(
-        train_set.images, train_set.labels, num_classes, settings.batch_size, settings.seed,
-        first_epoch, settings.epochs, one_hot,
-    )  # fmt: skip
-    validation_data = model.make_dataset(
-        validation_set.images, validation_set.labels, num_classes, settings.batch_size, one_hot
-    )
 
     changed = tracking.changed_params(logged_params, tracking.baseline_params(Path.cwd()))
     description = tracking.run_description(
@@ -109,26 +98,14 @@ def run(
             _log_dataset(train_set, data_version, data_digest)
         mlflow.log_metric("param_count", classifier.count_params())
         checkpoint = previous or resume.Checkpoint(key=key, run_id=run_id)
-        early_stopping = (
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=settings.early_stopping_patience, restore_best_weights=True
-            )
-            if settings.early_stopping_patience
-            else None
-        )
-        callbacks = [_EpochLogger(), _StopOnNonFiniteLoss(settings.learning_rate)]
-        callbacks += [early_stopping] if early_stopping else []
-        callbacks.append(resume.EpochCheckpoint(checkpoint_path, checkpoint, early_stopping))
         if first_epoch < settings.epochs:
-            classifier.fit(
-                train_data,
-                validation_data=validation_data,
-                epochs=settings.epochs,
-                initial_epoch=first_epoch,
-                steps_per_epoch=steps,
-                verbose=2,
-                callbacks=callbacks,
-                shuffle=False,  # make_training_dataset shuffles, as a function of seed and epoch
+            fit(
+                classifier,
+                train_set,
+                validation_set,
+                settings,
+                training_callbacks(settings, checkpoint_path, checkpoint),
+                first_epoch,
             )
         rows = [_history_row(row) for row in checkpoint.history]
         best = min(rows, key=lambda row: row["val_loss"])
@@ -158,6 +135,75 @@ def run(
         mlflow.log_artifact(str(history_path), "training")
     checkpoint_path.unlink(missing_ok=True)
     return summary
+
+
+def build_classifier(train_set: datasets.Dataset, settings: TrainParams) -> keras.Model:
+    """Configure TensorFlow, seed it, and build and compile the model for these images.
+
+    Raises:
+        ValueError: params this machine or these images cannot honour.
+    """
+    model.configure_runtime(settings)
+    model.seed_everything(settings.seed, deterministic_ops=not settings.jit_compile)
+    classifier = model.build_model(train_set.images.shape[1:], len(train_set.class_names), settings)
+    model.compile_model(classifier, settings, model.steps_per_epoch(len(train_set), settings.batch_size))
+    return classifier
+
+
+def training_callbacks(
+    settings: TrainParams, checkpoint_path: Path, checkpoint: resume.Checkpoint
+) -> list[keras.callbacks.Callback]:
+    """The stage's callbacks: MLflow logging, the divergence check, early stopping, the checkpoint.
+
+    Expects an active MLflow run.
+    """
+    early_stopping = (
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=settings.early_stopping_patience, restore_best_weights=True
+        )
+        if settings.early_stopping_patience
+        else None
+    )
+    callbacks = [_EpochLogger(), _StopOnNonFiniteLoss(settings.learning_rate)]
+    callbacks += [early_stopping] if early_stopping else []
+    callbacks.append(resume.EpochCheckpoint(checkpoint_path, checkpoint, early_stopping))
+    return callbacks
+
+
+def fit(
+    classifier: keras.Model,
+    train_set: datasets.Dataset,
+    validation_set: datasets.Dataset | None,
+    settings: TrainParams,
+    callbacks: Sequence[keras.callbacks.Callback],
+    first_epoch: int = 0,
+    verbose: int = 2,
+) -> keras.callbacks.History:
+    """The stage's training loop: epochs `first_epoch` .. `settings.epochs - 1`, validated after each.
+
+    The benchmark calls this too, so what it times is what `dvc repro` runs.
+    """
+    num_classes = len(train_set.class_names)
+    one_hot = model.uses_one_hot_labels(settings)
+    train_data = model.make_training_dataset(
+        train_set.images, train_set.labels, num_classes, settings.batch_size, settings.seed,
+        first_epoch, settings.epochs, one_hot,
+    )  # fmt: skip
+    validation_data = None
+    if validation_set is not None:
+        validation_data = model.make_dataset(
+            validation_set.images, validation_set.labels, num_classes, settings.batch_size, one_hot
+        )
+    return classifier.fit(
+        train_data,
+        validation_data=validation_data,
+        epochs=settings.epochs,
+        initial_epoch=first_epoch,
+        steps_per_epoch=model.steps_per_epoch(len(train_set), settings.batch_size),
+        verbose=verbose,
+        callbacks=list(callbacks),
+        shuffle=False,  # make_training_dataset shuffles, as a function of seed and epoch
+    )
 
 
 @contextlib.contextmanager

@@ -92,9 +92,11 @@ def test_training_batches_depend_only_on_seed_and_epoch(tiny_dataset: Dataset) -
         assert epoch_labels == sorted(tiny_dataset.labels.tolist())
 
 
-def train_once(params: Params, dataset: Dataset, loss: str = "sparse_categorical_crossentropy") -> tuple:
+def train_once(
+    params: Params, dataset: Dataset, loss: str = "sparse_categorical_crossentropy", deterministic: bool = True
+) -> tuple:
     settings = tiny(params, epochs=3, batch_size=16, loss=loss, warmup_epochs=0)
-    model.seed_everything(settings.seed)
+    model.seed_everything(settings.seed, deterministic_ops=deterministic)
     classifier = model.build_model(dataset.images.shape[1:], 3, settings)
     model.compile_model(classifier, settings, steps_per_epoch=4)
     one_hot = model.uses_one_hot_labels(settings)
@@ -117,3 +119,41 @@ def test_training_learns_and_is_deterministic(params: Params, tiny_dataset: Data
 def test_categorical_loss_trains(params: Params, tiny_dataset: Dataset) -> None:
     losses, _ = train_once(params, tiny_dataset, loss="categorical_crossentropy")
     assert losses[-1] < losses[0]
+
+
+def test_speed_params_reach_the_model(params: Params) -> None:
+    settings = tiny(params, batch_norm=True, batch_norm_momentum=0.8, jit_compile=True, augment_translation=0.0)
+    try:
+        model.seed_everything(settings.seed, deterministic_ops=False)
+        classifier = model.build_model((12, 12, 1), 3, settings)
+        model.compile_model(classifier, settings, steps_per_epoch=4)
+        assert classifier.get_layer("block1_bn1").momentum == pytest.approx(0.8)
+        # Keras quietly turns XLA off while op determinism is on.
+        assert classifier.jit_compile is True
+    finally:
+        model.seed_everything(settings.seed)
+
+
+def test_xla_training_learns(params: Params, tiny_dataset: Dataset) -> None:
+    settings = tiny(params, jit_compile=True, augment_translation=0.0)
+    try:
+        losses, _ = train_once(params.model_copy(update={"train": settings}), tiny_dataset, deterministic=False)
+    finally:
+        model.seed_everything(settings.seed)
+    assert losses[-1] < losses[0]
+
+
+def test_mixed_precision_without_a_gpu_is_refused(params: Params) -> None:
+    with pytest.raises(ValueError, match=r"train\.mixed_precision = true needs a GPU and TensorFlow sees none"):
+        model.configure_runtime(tiny(params, mixed_precision=True), gpus=[])
+
+
+def test_mixed_precision_computes_in_float16_with_float32_probabilities(params: Params) -> None:
+    try:
+        model.configure_runtime(tiny(params, mixed_precision=True), gpus=["a GPU"])
+        classifier = model.build_model((12, 12, 1), 3, tiny(params))
+        assert classifier.get_layer("block1_conv1").compute_dtype == "float16"
+        assert classifier.output.dtype == "float32"
+    finally:
+        model.configure_runtime(tiny(params, mixed_precision=False))
+    assert keras.mixed_precision.global_policy().name == "float32"

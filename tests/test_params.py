@@ -36,15 +36,15 @@ def test_params_are_frozen() -> None:
 
 
 def test_exponent_without_dot_is_a_float(tmp_path: Path) -> None:
-    text = (PROJECT_ROOT / "params.yaml").read_text().replace("learning_rate: 0.003", "learning_rate: 3e-3")
+    text = (PROJECT_ROOT / "params.yaml").read_text().replace("learning_rate: 0.005", "learning_rate: 5e-3")
     path = tmp_path / "params.yaml"
     path.write_text(text)
-    assert load_params(path).train.learning_rate == pytest.approx(0.003)
+    assert load_params(path).train.learning_rate == pytest.approx(0.005)
 
 
 def test_flatten_uses_dotted_keys() -> None:
     flat = flatten(load_params(PROJECT_ROOT / "params.yaml"))
-    assert flat["train.learning_rate"] == pytest.approx(0.003)
+    assert flat["train.learning_rate"] == pytest.approx(0.005)
     assert flat["split.seed"] == 42
     assert all(key.count(".") == 1 for key in flat)
 
@@ -60,6 +60,17 @@ def test_flatten_uses_dotted_keys() -> None:
         ({"train": {"optimizer": "adamax"}}, "train.optimizer = 'adamax': Input should be 'adam', 'adamw'"),
         ({"train": {"activation": "swishy"}}, "train.activation = 'swishy': Input should be 'relu'"),
         ({"train": {"dropout_rate": 1.0}}, "train.dropout_rate = 1.0: Input should be less than 1"),
+        ({"train": {"batch_norm_momentum": 1.0}}, "train.batch_norm_momentum = 1.0: Input should be less than 1"),
+        ({"train": {"jit_compile": "auto"}}, "train.jit_compile = 'auto': Input should be a valid boolean"),
+        (
+            {"train": {"jit_compile": True, "augment_translation": 0.1}},
+            "train: jit_compile = true needs augment_translation = 0",
+        ),
+        ({"train": {"mixed_precision": 1}}, "train.mixed_precision = 1: Input should be a valid boolean"),
+        (
+            {"train": {"intra_op_threads": -1}},
+            "train.intra_op_threads = -1: Input should be greater than or equal to 0",
+        ),
         ({"split": {"test_fraction": 0}}, "split.test_fraction = 0: Input should be greater than 0"),
         ({"split": {"validation_fraction": 1.5}}, "split.validation_fraction = 1.5: Input should be less than 1"),
         ({"export": {"model_name": "my model/1"}}, "export.model_name = 'my model/1': String should match pattern"),

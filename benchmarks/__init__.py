@@ -1,0 +1,1 @@
+"""Benchmarks of the pipeline against plain Keras: `python -m benchmarks.run` (`make bench`)."""
