@@ -157,6 +157,21 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_until_up(url: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    """Poll `url` until it answers 200; fail with the server's log if it exits or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"the server behind {url} did not start:\n{log_path.read_text()}")
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def mlflow_server(folder: Path) -> Iterator[str]:
     """Run `mlflow server` in its own process with its own SQLite store on a free localhost port."""
@@ -174,17 +189,7 @@ def mlflow_server(folder: Path) -> Iterator[str]:
             stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=pipeline_env(),
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"mlflow server did not start:\n{log_path.read_text()}")
-                time.sleep(0.5)
+            wait_until_up(f"{uri}/health", process, log_path, timeout=120)
             yield uri
         finally:
             process.terminate()

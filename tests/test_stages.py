@@ -518,10 +518,8 @@ def test_mlflow_serves_the_registered_version_over_rest(pipeline, tmp_path: Path
     import os
     import signal
     import subprocess
-    import time
-    import urllib.request
 
-    from tests.conftest import VENV_BIN, pipeline_env
+    from tests.conftest import VENV_BIN, pipeline_env, wait_until_up
 
     params, paths, uri = pipeline
     port = free_port()
@@ -535,17 +533,7 @@ def test_mlflow_serves_the_registered_version_over_rest(pipeline, tmp_path: Path
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
                                   env=pipeline_env(MLFLOW_TRACKING_URI=uri), start_new_session=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mlflow models serve did not start:\n{log_path.read_text()}")
-            time.sleep(0.5)
+        wait_until_up(f"{url}/ping", server, log_path, timeout=180)
 
         samples.run(paths["test"], 5, request=tmp_path / "request.json")
         body = json.loads((tmp_path / "request.json").read_text())
