@@ -23,11 +23,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks import pipeline, training
-from stages import artifacts, datasets
-from stages.params import Params, TrainParams, load_params
+from stages import artifacts, datasets, sources, split
+from stages.params import TrainParams, load_params
 
 logger = logging.getLogger("benchmarks")
 
@@ -37,35 +35,14 @@ PACKAGES = ("tensorflow", "keras", "dvc", "mlflow", "numpy")
 
 
 def load_data(path: Path | None) -> datasets.Dataset:
-    """The embedded digits, or the arrays `x` and `y` of an .npz file.
+    """The embedded digits, or the arrays `x` and `y` (and optional `class_names`) of an .npz file.
 
     Raises:
         ValueError: the file lacks `x` or `y`, or they are not images and labels.
     """
-    if path is None:
-        return datasets.load_embedded_digits()
-    with np.load(path, allow_pickle=False) as archive:
-        if not {"x", "y"} <= set(archive.files):
-            raise ValueError(f"{path}: expected arrays x (images) and y (labels), found {archive.files}")
-        images, labels = archive["x"], archive["y"]
-    if images.ndim == 3:
-        images = images[..., np.newaxis]
-    values, indices = np.unique(labels, return_inverse=True)
-    dataset = datasets.Dataset(images, indices.astype(np.int64), tuple(str(value) for value in values))
+    dataset = datasets.load_embedded_digits() if path is None else sources.read_npz(path)
     datasets.validate(dataset)
     return dataset
-
-
-def split(dataset: datasets.Dataset, params: Params) -> dict[str, datasets.Dataset]:
-    """The split the split stage makes of these images with these params."""
-    indices = datasets.stratified_split(
-        dataset.labels,
-        datasets.content_hashes(dataset.images),
-        params.split.validation_fraction,
-        params.split.test_fraction,
-        params.split.seed,
-    )
-    return {name: dataset.subset(getattr(indices, name)) for name in ("train", "validation", "test")}
 
 
 def measure(data_path: Path | None, quick: bool) -> dict:
@@ -74,7 +51,7 @@ def measure(data_path: Path | None, quick: bool) -> dict:
     overrides = {"train": QUICK_TRAIN} if quick else {}
     settings: TrainParams = params.train.model_copy(update=overrides.get("train", {}))
     dataset = load_data(data_path)
-    parts = split(dataset, params)
+    parts, _ = split.partition(dataset, params.split)
     results: dict = {"images": len(dataset), "data": str(data_path) if data_path else "embedded 5,000 digits"}
 
     logger.info("1/5 throughput")

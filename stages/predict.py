@@ -12,7 +12,6 @@ import contextlib
 import csv
 import glob
 import json
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -150,15 +149,8 @@ def find_files(inputs: Sequence[str]) -> list[Path]:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    found = []
-    for parent, subfolders, files in os.walk(folder, followlinks=False):
-        subfolders[:] = sorted(sub for sub in subfolders if not sub.startswith("."))
-        found += [
-            Path(parent) / file
-            for file in sorted(files)
-            if not file.startswith(".") and Path(file).suffix.lower() in sources.IMAGE_SUFFIXES
-        ]
-    return found
+    found, _, _ = sources.index_images(folder)
+    return [folder / path for path in found]
 
 
 def find_version(path: Path) -> Path:

@@ -132,7 +132,7 @@ def load_image_folder(root: Path, spec: images.ImageSpec, workers: int = 1, prog
         elif entry.is_symlink() and entry.is_dir():
             ignored.append(Problem(entry.name, "symbolic link to a folder; not followed"))
         elif entry.is_dir(follow_symlinks=False):
-            found, skipped, hidden_inside = _index_class_folder(root, entry.name)
+            found, skipped, hidden_inside = index_images(root, entry.name)
             candidates += [(path, entry.name) for path in found]
             ignored += skipped
             hidden += hidden_inside
@@ -156,7 +156,15 @@ def load_image_folder(root: Path, spec: images.ImageSpec, workers: int = 1, prog
     return Loaded(Dataset(stacked, labels, tuple(used)), version, tuple(rejected), tuple(ignored), hidden)
 
 
-def _index_class_folder(root: Path, name: str) -> tuple[list[str], list[Problem], int]:
+def index_images(root: Path, name: str = "") -> tuple[list[str], list[Problem], int]:
+    """List the image files in `root / name` at any depth, as paths relative to `root`, in a stable order.
+
+    Hidden files and folders are left out (and counted), symbolic links to folders are not
+    followed, and files without an image suffix are reported as skipped.
+
+    Returns:
+        The image files, the skipped entries with the reason, and how many hidden entries there were.
+    """
     found: list[str] = []
     skipped: list[Problem] = []
     hidden = 0
@@ -269,6 +277,22 @@ def load_npz(root: Path, spec: images.ImageSpec) -> Loaded:
         names = ", ".join(path.name for path in found) or "none"
         raise ValueError(f"{root}: expected exactly one .npz file for data.source npz, found {names}")
     path = found[0]
+    dataset = read_npz(path)
+    _check_shape(dataset.images, spec, str(path))
+    digest, files, size = folder_digest(root)
+    version = {"source": "npz", "path": str(root), "digest": digest, "files": files, "bytes": size}
+    return Loaded(dataset, version)
+
+
+def read_npz(path: Path) -> Dataset:
+    """Read one `.npz` file: `x` (N, H, W[, C]) uint8, `y` (N,) integer labels, optional `class_names`.
+
+    Without `class_names` the classes are the distinct values of `y`, sorted, named by their value.
+    Nothing is unpickled.
+
+    Raises:
+        ValueError: not a readable archive, missing or mismatched arrays.
+    """
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files if name in ("x", "y", "class_names")}
@@ -276,13 +300,9 @@ def load_npz(root: Path, spec: images.ImageSpec) -> Loaded:
         raise ValueError(f"{path}: not a readable .npz archive of plain arrays ({error})") from None
     missing = {"x", "y"} - set(arrays)
     if missing:
-        raise ValueError(f"{path}: missing arrays {sorted(missing)}; expected x (images) and y (labels)")
+        raise ValueError(f"{path}: missing arrays {sorted(missing)}; expected arrays x (images) and y (labels)")
     names = arrays.get("class_names")
-    dataset = _arrays_to_dataset(arrays["x"], arrays["y"], None if names is None else names.tolist(), str(path))
-    _check_shape(dataset.images, spec, str(path))
-    digest, files, size = folder_digest(root)
-    version = {"source": "npz", "path": str(root), "digest": digest, "files": files, "bytes": size}
-    return Loaded(dataset, version)
+    return _arrays_to_dataset(arrays["x"], arrays["y"], None if names is None else names.tolist(), str(path))
 
 
 def load_idx(root: Path, spec: images.ImageSpec) -> Loaded:

@@ -26,16 +26,9 @@ def run(split: SplitParams, dataset_path: Path, outputs: dict[str, Path], report
     """
     dataset = artifacts.load_dataset(dataset_path)
     datasets.validate(dataset)
-    indices = datasets.stratified_split(
-        dataset.labels,
-        datasets.content_hashes(dataset.images),
-        split.validation_fraction,
-        split.test_fraction,
-        split.seed,
-    )
-    report: dict = {"images": len(dataset), "duplicates_kept_together": indices.duplicates, "splits": {}}
-    for name in SPLITS:
-        part = dataset.subset(getattr(indices, name))
+    parts, duplicates = partition(dataset, split)
+    report: dict = {"images": len(dataset), "duplicates_kept_together": duplicates, "splits": {}}
+    for name, part in parts.items():
         counts = np.bincount(part.labels, minlength=len(part.class_names))
         report["splits"][name] = {
             "images": len(part),
@@ -45,6 +38,19 @@ def run(split: SplitParams, dataset_path: Path, outputs: dict[str, Path], report
         artifacts.save_dataset(outputs[name], part)
     artifacts.write_json(report_path, report)
     return report
+
+
+def partition(dataset: datasets.Dataset, split: SplitParams) -> tuple[dict[str, datasets.Dataset], int]:
+    """Split `dataset` as the stage does: one dataset per name in `SPLITS`, and how many duplicate
+    images were kept in their twin's split."""
+    indices = datasets.stratified_split(
+        dataset.labels,
+        datasets.content_hashes(dataset.images),
+        split.validation_fraction,
+        split.test_fraction,
+        split.seed,
+    )
+    return {name: dataset.subset(getattr(indices, name)) for name in SPLITS}, indices.duplicates
 
 
 def main(argv: Sequence[str] | None = None) -> None:
