@@ -367,16 +367,10 @@ def log_params(params: Mapping[str, Any]) -> None:
             mlflow.set_tag(f"param_update.{key}", _param_value(value))
 
 
-def model_signature(
-    image_shape: tuple[int, ...], num_classes: int, input_name: str | None = "images"
-) -> ModelSignature:
-    """The signature of the classifier: raw uint8 images in, float32 class probabilities out.
-
-    A SavedModel logged by `mlflow.keras` is called with a plain tensor, so its signature must leave
-    the input unnamed (`input_name=None`); MLflow would otherwise pass it a dict.
-    """
+def model_signature(image_shape: tuple[int, ...], num_classes: int) -> ModelSignature:
+    """The signature of the trained Keras model: raw uint8 images in, float32 class probabilities out."""
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape), input_name)]),
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape), "images")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "probabilities")]),
     )
 
