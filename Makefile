@@ -12,7 +12,7 @@ MODEL ?= digits
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test ui predict serve lint format lock bench bench-prepare
+.PHONY: help install repro test ui predict serve lint format docs lock bench bench-prepare
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,8 +36,8 @@ ui: $(INSTALLED) ## Open the MLflow UI on 127.0.0.1:$(PORT) against the project'
 	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port $(PORT)
 
 predict: $(INSTALLED) ## Predict 8 test-split images, written as PNG files to samples/, with the exported SavedModel
-	python -m stages.samples --dataset data/split/test.npz --count 8 --output samples/test
-	python -m stages.predict samples/test
+	python -m image_classification.data.samples --dataset data/split/test.npz --count 8 --output samples/test
+	python -m image_classification.serving.predict samples/test
 
 serve: $(INSTALLED) ## Serve the registered $(MODEL)@champion over REST on 127.0.0.1:$(SERVE_PORT) (mlflow models serve)
 	MLFLOW_TRACKING_URI="sqlite:///$(CURDIR)/mlflow.db" mlflow models serve -m "models:/$(MODEL)@champion" \
@@ -56,6 +56,9 @@ lint: $(INSTALLED) ## Check style with ruff
 format: $(INSTALLED) ## Fix what ruff can fix
 	ruff check --fix .
 	ruff format .
+
+docs: $(INSTALLED) ## Regenerate docs/params.md from the typed params and params.yaml
+	python -m image_classification.config --params params.yaml --output docs/params.md
 
 lock: ## Re-resolve pyproject.toml's pins into requirements.lock (needs the network)
 	rm -rf .lock-venv

@@ -24,8 +24,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages import sources
-from stages.images import ImageSpec
+from image_classification.data import sources
+from image_classification.data.images import ImageSpec
 
 
 def write_pngs(root: Path, count: int, classes: int = 10) -> None:

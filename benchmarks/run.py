@@ -24,8 +24,10 @@ from importlib import metadata
 from pathlib import Path
 
 from benchmarks import pipeline, training
-from stages import artifacts, datasets, sources, split
-from stages.params import TrainParams, load_params
+from image_classification import artifacts
+from image_classification.config import TrainParams, load_params
+from image_classification.data import dataset as dataset_lib
+from image_classification.data import sources, split
 
 logger = logging.getLogger("benchmarks")
 
@@ -34,14 +36,14 @@ QUICK_TRAIN = {"epochs": 2, "warmup_epochs": 0, "filters": 8, "dense_units": 32,
 PACKAGES = ("tensorflow", "keras", "dvc", "mlflow", "numpy")
 
 
-def load_data(path: Path | None) -> datasets.Dataset:
+def load_data(path: Path | None) -> dataset_lib.Dataset:
     """The embedded digits, or the arrays `x` and `y` (and optional `class_names`) of an .npz file.
 
     Raises:
         ValueError: the file lacks `x` or `y`, or they are not images and labels.
     """
-    dataset = datasets.load_embedded_digits() if path is None else sources.read_npz(path)
-    datasets.validate(dataset)
+    dataset = sources.load_embedded_digits() if path is None else sources.read_npz(path)
+    dataset_lib.validate(dataset, str(path) if path else "")
     return dataset
 
 
@@ -167,7 +169,7 @@ def render(results: dict, command: str, figure_name: str) -> str:
         "",
         "| Training loop | images/s per repeat | median |",
         "|---|---|---|",
-        _throughput_row("train stage (`train.fit`: tf.data, MLflow and checkpoint callbacks)", speed["pipeline"]),
+        _throughput_row("train stage (`training.fit`: tf.data, MLflow and checkpoint callbacks)", speed["pipeline"]),
         _throughput_row("plain `model.fit` on NumPy arrays, Keras's default compile", speed["plain"]),
     ]
     if speed["plain_same_compile"]:

@@ -22,9 +22,9 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from stages import model, resume, train
-from stages.datasets import Dataset
-from stages.params import TrainParams
+from image_classification.config import TrainParams
+from image_classification.data.dataset import Dataset
+from image_classification.modeling import architecture, checkpoints, input_pipeline, runtime, training
 
 logger = logging.getLogger(__name__)
 
@@ -126,29 +126,31 @@ def _images_per_second(timer: EpochTimer, images: int) -> float:
 def _pipeline_images_per_second(
     settings: TrainParams, train_set: Dataset, validation_set: Dataset, folder: Path
 ) -> float:
-    classifier = train.build_classifier(train_set, settings)
+    model = training.build_compiled_model(train_set, settings)
     checkpoint_path = folder / "checkpoint.npz"
     timer = EpochTimer()
     with mlflow.start_run() as run:
-        checkpoint = resume.Checkpoint(key="benchmark", run_id=run.info.run_id)
-        callbacks = [timer, *train.training_callbacks(settings, checkpoint_path, checkpoint)]
-        train.fit(classifier, train_set, validation_set, settings, callbacks, verbose=0)
+        checkpoint = checkpoints.Checkpoint(key="benchmark", run_id=run.info.run_id)
+        callbacks = [timer, *training.training_callbacks(settings, checkpoint_path, checkpoint)]
+        training.fit(model, train_set, validation_set, settings, callbacks, verbose=0)
     return _images_per_second(timer, len(train_set))
 
 
 def _plain_images_per_second(
     settings: TrainParams, train_set: Dataset, validation_set: Dataset, jit_compile: bool
 ) -> float:
-    model.configure_runtime(settings)
+    runtime.configure_runtime(settings)
     # Plain Keras as it is usually written: seeded, without TensorFlow's op determinism.
-    model.seed_everything(settings.seed, deterministic_ops=False)
-    classifier = model.build_model(train_set.images.shape[1:], len(train_set.class_names), settings)
+    runtime.seed_everything(settings.seed, deterministic_ops=False)
+    model = architecture.build_model(train_set.images.shape[1:], len(train_set.class_names), settings)
     plain_settings = settings.model_copy(update={"jit_compile": jit_compile})
-    model.compile_model(classifier, plain_settings, model.steps_per_epoch(len(train_set), settings.batch_size))
+    architecture.compile_model(
+        model, plain_settings, input_pipeline.steps_per_epoch(len(train_set), settings.batch_size)
+    )
     if not jit_compile:
-        classifier.compile(optimizer=classifier.optimizer, loss=classifier.loss, metrics=["accuracy"])
+        model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
     timer = EpochTimer()
-    classifier.fit(
+    model.fit(
         train_set.images,
         train_set.labels,
         batch_size=settings.batch_size,
@@ -193,12 +195,12 @@ def time_to_accuracy(
     """
     timer = EpochTimer()
     test_accuracy = TestAccuracy(test_set, timer)
-    classifier = train.build_classifier(train_set, settings)
-    train.fit(classifier, train_set, None, settings, [timer, test_accuracy], verbose=0)
+    model = training.build_compiled_model(train_set, settings)
+    training.fit(model, train_set, None, settings, [timer, test_accuracy], verbose=0)
     default_rows = test_accuracy.rows
 
-    model.configure_runtime(settings.model_copy(update={"mixed_precision": False}))
-    model.seed_everything(settings.seed, deterministic_ops=False)
+    runtime.configure_runtime(settings.model_copy(update={"mixed_precision": False}))
+    runtime.seed_everything(settings.seed, deterministic_ops=False)
     reference = reference_model(train_set.images.shape[1:], len(train_set.class_names))
     timer = EpochTimer()
     test_accuracy = TestAccuracy(test_set, timer)
@@ -236,12 +238,12 @@ def training_flops(settings: TrainParams, input_shape: tuple[int, int, int], num
     from tensorflow.python.profiler.internal import flops_registry  # noqa: F401 (registers the statistics)
 
     batch = settings.batch_size
-    classifier = model.build_model(input_shape, num_classes, settings.model_copy(update={"mixed_precision": False}))
-    model.compile_model(classifier, settings.model_copy(update={"jit_compile": False}), steps_per_epoch=1)
-    classifier.optimizer.build(classifier.trainable_variables)
+    model = architecture.build_model(input_shape, num_classes, settings.model_copy(update={"mixed_precision": False}))
+    architecture.compile_model(model, settings.model_copy(update={"jit_compile": False}), steps_per_epoch=1)
+    model.optimizer.build(model.trainable_variables)
     label_spec = (
         tf.TensorSpec((batch, num_classes), tf.float32)
-        if model.uses_one_hot_labels(settings)
+        if architecture.uses_one_hot_labels(settings)
         else tf.TensorSpec((batch,), tf.int64)
     )
 
@@ -249,10 +251,10 @@ def training_flops(settings: TrainParams, input_shape: tuple[int, int, int], num
     def train_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         # What Keras's TensorFlow trainer does in `train_step`, without the metric bookkeeping.
         with tf.GradientTape() as tape:
-            probabilities = classifier(images, training=True)
-            loss = classifier.compute_loss(x=images, y=labels, y_pred=probabilities)
-        gradients = tape.gradient(loss, classifier.trainable_variables)
-        classifier.optimizer.apply(gradients, classifier.trainable_variables)
+            probabilities = model(images, training=True)
+            loss = model.compute_loss(x=images, y=labels, y_pred=probabilities)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply(gradients, model.trainable_variables)
         return loss
 
     graph = train_step.get_concrete_function().graph

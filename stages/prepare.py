@@ -3,98 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from stages import artifacts, cli, datasets, images, sources
-from stages.params import DataParams, load_params
-
-logger = logging.getLogger(__name__)
-
-# The statistics list at most this many rejected or ignored files each; the counts are always complete.
-MAX_LISTED = 1000
-
-
-def run(
-    data: DataParams,
-    output: Path,
-    statistics_path: Path,
-    raw_dir: Path | None = None,
-    workers: int | None = None,
-    progress: bool = True,
-) -> dict:
-    """Load the source chosen by `data.source`, validate and optionally subsample it; write it and its statistics.
-
-    Args:
-        raw_dir: the folder the image_folder, npz and idx sources read (DVC tracks it).
-        workers: processes decoding an image folder; all available cores when None.
-        progress: show a progress bar on stderr while decoding.
-
-    Returns:
-        The statistics written to `statistics_path`.
-
-    Raises:
-        ValueError: unreadable or inconsistent data, a rejected file with `data.on_bad_file: fail`,
-            or a dataset that cannot train a classifier (fewer than 2 classes).
-    """
-    loaded = load(data, raw_dir, workers, progress)
-    if loaded.rejected:
-        first = loaded.rejected[0]
-        if data.on_bad_file == "fail":
-            raise ValueError(
-                f"{len(loaded.rejected)} unreadable image file(s) in {raw_dir} and data.on_bad_file is fail; "
-                f"first: {first.file}: {first.reason}"
-            )
-        logger.warning(
-            "skipped %d unreadable image file(s), listed in %s; first: %s: %s",
-            len(loaded.rejected), statistics_path, first.file, first.reason,
-        )  # fmt: skip
-    for problem in loaded.ignored:
-        if problem.file.endswith("/"):
-            logger.warning("%s: %s", problem.file, problem.reason)
-    dataset = loaded.dataset
-    datasets.validate(dataset)
-    if data.max_images is not None and data.max_images < len(dataset):
-        dataset = dataset.subset(datasets.stratified_sample(dataset.labels, data.max_images, data.seed))
-        datasets.validate(dataset)
-    statistics = {
-        "source": data.source,
-        "data_version": loaded.version,
-        **datasets.statistics(dataset),
-        "rejected_count": len(loaded.rejected),
-        "rejected": [vars(problem) for problem in loaded.rejected[:MAX_LISTED]],
-        "ignored_count": len(loaded.ignored),
-        "ignored": [vars(problem) for problem in loaded.ignored[:MAX_LISTED]],
-        "hidden_skipped": loaded.hidden,
-    }
-    artifacts.save_dataset(output, dataset)
-    artifacts.write_json(statistics_path, statistics)
-    return statistics
-
-
-def load(data: DataParams, raw_dir: Path | None, workers: int | None = None, progress: bool = True) -> sources.Loaded:
-    """Read the dataset `data.source` names, every image brought to the params' size and channels."""
-    spec = image_spec(data)
-    if data.source == "embedded":
-        return sources.load_embedded(spec)
-    if data.source == "keras":
-        return sources.load_keras(data.keras_dataset, spec)
-    if raw_dir is None:
-        raise ValueError(f"data.source {data.source} reads a folder; pass it with --raw (dvc.yaml passes data/raw)")
-    if data.source == "image_folder":
-        workers = workers or len(os.sched_getaffinity(0))
-        return sources.load_image_folder(raw_dir, spec, workers=workers, progress=progress)
-    if data.source == "npz":
-        return sources.load_npz(raw_dir, spec)
-    return sources.load_idx(raw_dir, spec)
-
-
-def image_spec(data: DataParams) -> images.ImageSpec:
-    """The decoding rules of the `data` params: what every image file becomes, here and in predict."""
-    return images.ImageSpec(data.image_height, data.image_width, data.channels, data.interpolation, data.aspect)
+from image_classification import runner
+from image_classification.config import load_params
+from image_classification.data.prepare import prepare_dataset
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -106,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    statistics = run(params.data, args.output, args.statistics, args.raw, args.workers)
+    statistics = prepare_dataset(params.data, args.output, args.statistics, args.raw, args.workers)
     skipped = f", {statistics['rejected_count']} file(s) rejected" if statistics["rejected_count"] else ""
     print(
         f"prepare: {statistics['images']} images of shape {statistics['image_shape']} in "
@@ -115,4 +30,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.execute("prepare", main))
+    sys.exit(runner.execute("prepare", main))

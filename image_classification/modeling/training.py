@@ -1,0 +1,280 @@
+"""The train stage's work: fit the CNN on the train split and record the run in MLflow.
+
+Training saves a checkpoint after every epoch outside DVC's outputs; when a run is killed, the next
+`dvc repro` continues from the last completed epoch, in the same MLflow run, with the same result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import keras
+import mlflow
+import tensorflow as tf
+
+from image_classification import artifacts
+from image_classification.config import Params, TrainParams, flatten
+from image_classification.data import dataset as dataset_lib
+from image_classification.data.dataset import Dataset, DataVersion
+from image_classification.modeling import architecture, checkpoints, input_pipeline, runtime, trained_model
+from image_classification.tracking import runs, signatures, store
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.npz"
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+
+
+def train_model(
+    params: Params,
+    train_path: Path,
+    validation_path: Path,
+    model_dir: Path,
+    history_path: Path,
+    summary_path: Path,
+    timing_path: Path,
+    checkpoint_dir: Path,
+    data_statistics: Path | None = None,
+) -> dict:
+    """Train the model, write it with the id of its MLflow run, its history, summary and timing.
+
+    `params` is the whole file because the run records the data, split and train params that
+    produced the model; only `train` and `mlflow` steer the training itself. `data_statistics` is the
+    prepare stage's report: its `data_version` (the DVC hash of the source data, its source and size)
+    is logged as the run's training dataset; without it the digest of the train arrays stands in.
+
+    Returns:
+        The training summary written to `summary_path`.
+
+    Raises:
+        ValueError: inconsistent inputs, or a loss that became NaN or infinite.
+    """
+    store.configure()  # a malformed or unreachable store fails here, before any heavy work
+    data_version = (
+        DataVersion.from_json(artifacts.read_json(data_statistics).get("data_version", {}), str(data_statistics))
+        if data_statistics
+        else None
+    )
+    train_set = artifacts.load_dataset(train_path)
+    validation_set = artifacts.load_dataset(validation_path)
+    dataset_lib.validate(train_set, str(train_path))
+    dataset_lib.validate(validation_set, str(validation_path))
+    if validation_set.class_names != train_set.class_names:
+        raise ValueError(f"{validation_path} and {train_path} disagree on class names")
+    if validation_set.images.shape[1:] != train_set.images.shape[1:]:
+        raise ValueError(f"{validation_path} and {train_path} disagree on image shape")
+
+    settings = params.train
+    num_classes = len(train_set.class_names)
+    data_digest = dataset_lib.digest(train_set.images, train_set.labels, validation_set.images, validation_set.labels)
+    logged_params = {
+        key: value
+        for key, value in flatten(params).items()
+        if key.split(".")[0] in ("data", "split", "train", "mlflow")
+    }
+    checkpoint_path = checkpoint_dir / CHECKPOINT_FILE
+    key = checkpoints.checkpoint_key(logged_params, data_digest)
+    previous = checkpoints.load(checkpoint_path, key)
+    if previous is not None and not runs.run_exists(previous.run_id):
+        logger.warning("checkpoint %s names a run no longer in MLflow; training from scratch", checkpoint_path)
+        previous = None
+
+    model = build_compiled_model(train_set, settings)
+    if previous is not None:
+        checkpoints.restore(model, previous.variables)
+        logger.info("resuming from %s after epoch %d of %d", checkpoint_path, previous.epoch, settings.epochs)
+    first_epoch = previous.epoch if previous is not None else 0
+
+    changed = runs.changed_params(logged_params, runs.baseline_params(Path.cwd()))
+    description = runs.run_description(
+        data_digest,
+        {"train": len(train_set), "validation": len(validation_set)},
+        num_classes,
+        model.count_params(),
+        changed,
+    )
+    with _mlflow_run(params, data_digest, previous, runs.run_name(changed), description) as run_id:
+        runs.log_params(logged_params)
+        if previous is None:
+            _log_dataset(train_set, data_version, data_digest)
+        mlflow.log_metric("param_count", model.count_params())
+        checkpoint = previous or checkpoints.Checkpoint(key=key, run_id=run_id)
+        if first_epoch < settings.epochs:
+            fit(
+                model,
+                train_set,
+                validation_set,
+                settings,
+                training_callbacks(settings, checkpoint_path, checkpoint),
+                first_epoch,
+            )
+        rows = [_history_row(row) for row in checkpoint.history]
+        best = min(rows, key=lambda row: row["val_loss"])
+        summary = {
+            "param_count": model.count_params(),
+            "epochs_run": len(rows),
+            "best_epoch": best["epoch"],
+            "best_val_accuracy": best["val_accuracy"],
+        }
+        timing = {
+            "train_seconds": round(checkpoint.seconds, 2),
+            "seconds_per_epoch": round(checkpoint.seconds / len(rows), 3),
+            "resumed_after_epoch": first_epoch,
+        }
+        mlflow.log_metrics({"train_seconds": timing["train_seconds"], "best_epoch": best["epoch"]})
+        with artifacts.atomic_path(model_dir) as staged:
+            trained_model.save(model, run_id, staged)
+            mlflow.keras.log_model(
+                model,
+                name="model",
+                signature=signatures.keras_signature(train_set.images.shape[1:], num_classes),
+                pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+            )
+        artifacts.write_csv(history_path, rows, HISTORY_FIELDS)
+        artifacts.write_json(summary_path, summary)
+        artifacts.write_json(timing_path, timing)
+        mlflow.log_artifact(str(history_path), "training")
+    checkpoint_path.unlink(missing_ok=True)
+    return summary
+
+
+def build_compiled_model(train_set: Dataset, settings: TrainParams) -> keras.Model:
+    """Configure TensorFlow, seed it, and build and compile the model for these images.
+
+    Raises:
+        ValueError: params this machine or these images cannot honour.
+    """
+    runtime.configure_runtime(settings)
+    runtime.seed_everything(settings.seed, deterministic_ops=not settings.jit_compile)
+    model = architecture.build_model(train_set.images.shape[1:], len(train_set.class_names), settings)
+    architecture.compile_model(model, settings, input_pipeline.steps_per_epoch(len(train_set), settings.batch_size))
+    return model
+
+
+def training_callbacks(
+    settings: TrainParams, checkpoint_path: Path, checkpoint: checkpoints.Checkpoint
+) -> list[keras.callbacks.Callback]:
+    """The stage's callbacks: MLflow logging, the divergence check, early stopping, the checkpoint.
+
+    Expects an active MLflow run.
+    """
+    early_stopping = (
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=settings.early_stopping_patience, restore_best_weights=True
+        )
+        if settings.early_stopping_patience
+        else None
+    )
+    callbacks = [_EpochLogger(), _StopOnNonFiniteLoss(settings.learning_rate)]
+    callbacks += [early_stopping] if early_stopping else []
+    callbacks.append(checkpoints.EpochCheckpoint(checkpoint_path, checkpoint, early_stopping))
+    return callbacks
+
+
+def fit(
+    model: keras.Model,
+    train_set: Dataset,
+    validation_set: Dataset | None,
+    settings: TrainParams,
+    callbacks: Sequence[keras.callbacks.Callback],
+    first_epoch: int = 0,
+    verbose: int = 2,
+) -> keras.callbacks.History:
+    """The stage's training loop: epochs `first_epoch` .. `settings.epochs - 1`, validated after each.
+
+    The benchmark calls this too, so what it times is what `dvc repro` runs.
+    """
+    num_classes = len(train_set.class_names)
+    one_hot = architecture.uses_one_hot_labels(settings)
+    train_data = input_pipeline.make_training_dataset(
+        train_set.images, train_set.labels, num_classes, settings.batch_size, settings.seed,
+        first_epoch, settings.epochs, one_hot,
+    )  # fmt: skip
+    validation_data = None
+    if validation_set is not None:
+        validation_data = input_pipeline.make_dataset(
+            validation_set.images, validation_set.labels, num_classes, settings.batch_size, one_hot
+        )
+    return model.fit(
+        train_data,
+        validation_data=validation_data,
+        epochs=settings.epochs,
+        initial_epoch=first_epoch,
+        steps_per_epoch=input_pipeline.steps_per_epoch(len(train_set), settings.batch_size),
+        verbose=verbose,
+        callbacks=list(callbacks),
+        shuffle=False,  # make_training_dataset shuffles, as a function of seed and epoch
+    )
+
+
+@contextlib.contextmanager
+def _mlflow_run(
+    params: Params, data_digest: str, previous: checkpoints.Checkpoint | None, run_name: str | None, description: str
+) -> Iterator[str]:
+    """A new run, or the run of the checkpoint that training resumes from."""
+    if previous is not None:
+        with runs.resume_run(previous.run_id, source="the training checkpoint") as run_id:
+            mlflow.set_tag("resumed_after_epoch", str(previous.epoch))
+            yield run_id
+    else:
+        tags = runs.run_tags(data_digest)
+        with runs.start_run(params.mlflow.experiment_name, tags, run_name=run_name, description=description) as run_id:
+            yield run_id
+
+
+class _EpochLogger(keras.callbacks.Callback):
+    """Add the current learning rate to each epoch's logs and send them to the active MLflow run."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs if logs is not None else {}
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        mlflow.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch + 1)
+
+
+class _StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Fail the run, before the epoch is checkpointed, when the loss is NaN or infinite."""
+
+    def __init__(self, learning_rate: float) -> None:
+        super().__init__()
+        self.learning_rate = learning_rate
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for name in ("loss", "val_loss"):
+            value = float((logs or {}).get(name, 0.0))
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"training diverged: {name} became {value} in epoch {epoch + 1}; lower "
+                    f"train.learning_rate (now {self.learning_rate:g}) or turn train.batch_norm on"
+                )
+
+
+def _log_dataset(train_set: Dataset, version: DataVersion | None, data_digest: str) -> None:
+    """Log the source data as the run's training input, with DVC's hash of it as the digest.
+
+    MLflow's own digest of a NumPy dataset hashes only the first 10,000 values, so it is given here.
+    """
+    if version is None:
+        version = DataVersion("arrays", "train split", data_digest[:32], 1, 0)
+    origin = Path(version.path).resolve().as_uri() if version.local else version.path
+    with warnings.catch_warnings():
+        # MLflow 3.17 registers its local-file source class twice and warns that the URI is ambiguous.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_numpy(
+            train_set.images,
+            targets=train_set.labels,
+            source=origin,
+            name=f"{version.source}:{version.path}",
+            digest=version.digest,
+        )
+    size = {"images": str(len(train_set)), "files": str(version.files), "bytes": str(version.bytes)}
+    mlflow.log_input(dataset, context="training", tags={"source": version.source, **size})
+    mlflow.set_tags({"data.version": version.digest, "data.source": f"{version.source}:{version.path}"})
+
+
+def _history_row(row: dict[str, float]) -> dict[str, float]:
+    return {"epoch": int(row["epoch"]), **{name: round(row[name], 6) for name in HISTORY_FIELDS[1:] if name in row}}

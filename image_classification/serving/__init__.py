@@ -1,0 +1,1 @@
+"""The TF Serving SavedModel: export and verification, prediction on image files, and the MLflow pyfunc wrapper."""

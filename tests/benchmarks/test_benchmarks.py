@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import pipeline, run, training
+from image_classification.config import Params
+from tests.conftest import make_images
+
+SECTIONS = (
+    "## 1. Training throughput",
+    "## 2. Time to accuracy",
+    "## 3. Pipeline overhead",
+    "## 4. Memory",
+    "## 5. Hardware ceiling",
+)
+
+
+def conv_flops(side: int, kernel: int, inputs: int, filters: int) -> int:
+    """2 x multiply-adds of a 'same'-padded, stride-1 convolution over one image."""
+    return 2 * side * side * kernel * kernel * inputs * filters
+
+
+def test_training_flops_match_a_count_by_hand(params: Params) -> None:
+    settings = params.train.model_copy(
+        update={"conv_blocks": 2, "filters": 4, "kernel_size": 3, "dense_units": 0, "batch_size": 8}
+    )
+    flops = training.training_flops(settings, (12, 12, 1), 3).per_image_by_op
+    first, second = conv_flops(12, 3, 1, 4), conv_flops(6, 3, 4, 8)
+    assert flops["Conv2D"] == first + second
+    assert flops["Conv2DBackpropFilter"] == first + second
+    # The first convolution's input is the image itself, which needs no gradient.
+    assert flops["Conv2DBackpropInput"] == second
+    assert flops["MatMul"] >= 2 * (3 * 3 * 8) * 3  # the head's forward product at least
+
+
+def test_enlarge_is_deterministic_and_makes_distinct_images() -> None:
+    dataset = make_images(per_class=10)
+    large = pipeline.enlarge(dataset, 120)
+    again = pipeline.enlarge(dataset, 120)
+    assert large.images.shape == (120, *dataset.images.shape[1:])
+    assert np.array_equal(large.images, again.images)
+    assert len({image.tobytes() for image in large.images}) == 120
+    assert set(large.labels.tolist()) == set(dataset.labels.tolist())
+
+
+def test_time_to_accuracy_reads_target_and_budget() -> None:
+    race = training.TimeToAccuracy(
+        default=[
+            {"seconds": 1.0, "accuracy": 0.9},
+            {"seconds": 2.0, "accuracy": 0.97},
+            {"seconds": 9.0, "accuracy": 0.99},
+        ],
+        reference=[{"seconds": 3.0, "accuracy": 0.93}, {"seconds": 6.0, "accuracy": 0.96}],
+    )
+    assert race.target == 0.96
+    assert race.budget == 6.0
+    assert race.seconds_to_target(race.default) == 2.0
+    assert race.accuracy_within_budget(race.default) == 0.97
+    assert race.seconds_to_target([{"seconds": 1.0, "accuracy": 0.5}]) is None
+
+
+def test_data_file_needs_images_and_labels(tmp_path: Path) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, images=np.zeros((4, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match=r"expected arrays x \(images\) and y \(labels\)"):
+        run.load_data(path)
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
+    dataset = make_images(classes=3, per_class=40, size=12)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x=dataset.images[..., 0], y=dataset.labels)
+    output = tmp_path / "out" / "BENCHMARKS.md"
+    output.parent.mkdir()
+
+    run.main(["--data", str(data), "--output", str(output), "--quick"])
+
+    text = output.read_text()
+    for section in SECTIONS:
+        assert section in text
+    assert "python -m benchmarks.run --data" in text
+    assert output.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    results = json.loads(output.with_suffix(".json").read_text())
+    speed = results["throughput"]
+    assert speed["ratio"] > 0
+    assert all(value > 0 for value in speed["pipeline"] + speed["plain"])
+    race = results["time_to_accuracy"]
+    for row in race["default"] + race["reference"]:
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert row["seconds"] > 0
+    assert len(race["reference"]) == 2
+    small, large = results["repro"]["small"], results["repro"]["large"]
+    assert small["images"] == 120
+    assert large["images"] == 480
+    assert set(small["stages"]) == set(pipeline.STAGES) == set(large["stages"])
+    for record in [*small["stages"].values(), *large["stages"].values()]:
+        assert record["peak_rss_mib"] > 0
+        assert record["startup_seconds"] > 0
+    assert small["stages"]["train"]["mlflow_seconds"] > 0
+    assert small["stages"]["split"]["mlflow_seconds"] == 0  # the data stages do not touch MLflow
+    assert len(small["noop_seconds"]) == 1
+    assert results["ceiling"]["flops_per_image"] > 0
+    assert results["ceiling"]["fraction_of_measured"] > 0

@@ -1,0 +1,302 @@
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from image_classification import config
+from image_classification.data import dataset, sources
+from image_classification.data.images import ImageSpec
+from tests.conftest import make_images
+
+SPEC = ImageSpec(12, 12, 1)
+
+
+def png(pixels: np.ndarray, mode: str | None = None, file_format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buffer, format=file_format)
+    return buffer.getvalue()
+
+
+def write_tree(root: Path, classes: int = 3, per_class: int = 10) -> None:
+    """An image-folder tree of the generated bar images, as 12x12 grayscale PNGs."""
+    dataset = make_images(classes=classes, per_class=per_class)
+    for row, (image, label) in enumerate(zip(dataset.images, dataset.labels, strict=True)):
+        folder = root / dataset.class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{row:04d}.png").write_bytes(png(image[:, :, 0]))
+
+
+def test_image_folder_reads_classes_sorted_and_mixed_formats(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("zebra", "chat noir", "élan"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "zebra" / "a.png").write_bytes(png(rng.integers(0, 255, (30, 40), dtype=np.uint8)))
+    (tmp_path / "zebra" / "nested").mkdir()
+    (tmp_path / "zebra" / "nested" / "b.JPG").write_bytes(png(np.zeros((5, 5, 3), np.uint8), file_format="JPEG"))
+    (tmp_path / "chat noir" / "c d.bmp").write_bytes(png(np.zeros((12, 12, 4), np.uint8), "RGBA", "BMP"))
+    (tmp_path / "élan" / "ü.webp").write_bytes(png(np.zeros((64, 8, 3), np.uint8), file_format="WEBP"))
+    (tmp_path / "élan" / "p.gif").write_bytes(png(np.zeros((12, 12), np.uint8), file_format="GIF"))
+    loaded = sources.load_image_folder(tmp_path, SPEC, progress=False)
+    dataset = loaded.dataset
+    assert dataset.class_names == ("chat noir", "zebra", "élan")
+    assert dataset.images.shape == (5, 12, 12, 1)
+    assert dataset.labels.tolist() == [0, 1, 1, 2, 2]  # sorted by class, then by path
+    assert loaded.rejected == loaded.ignored == ()
+    assert loaded.version.digest.endswith(".dir")
+    assert len(loaded.version.digest) == 36
+    assert loaded.version.files == 5
+
+
+def test_bad_files_are_rejected_or_ignored_with_reasons(tmp_path: Path) -> None:
+    write_tree(tmp_path, classes=2, per_class=3)
+    some = next((tmp_path / "class_0").iterdir()).read_bytes()
+    (tmp_path / "class_0" / "truncated.png").write_bytes(some[: len(some) // 2])
+    (tmp_path / "class_0" / "empty.png").write_bytes(b"")
+    (tmp_path / "class_0" / "text.jpg").write_text("not an image")
+    (tmp_path / "class_0" / "notes.txt").write_text("a note")
+    (tmp_path / "class_1" / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / ".hidden_class").mkdir()
+    (tmp_path / ".hidden_class" / "x.png").write_bytes(some)
+    (tmp_path / "README.md").write_text("stray")
+    (tmp_path / "empty class").mkdir()
+    (tmp_path / "class_1" / "loop").symlink_to(tmp_path / "class_1")  # a folder link back to itself
+    (tmp_path / "class_1" / "a.png").symlink_to(tmp_path / "class_1" / "b.png")
+    (tmp_path / "class_1" / "b.png").symlink_to(tmp_path / "class_1" / "a.png")  # a file link loop
+    loaded = sources.load_image_folder(tmp_path, SPEC, progress=False)
+    assert loaded.dataset.class_names == ("class_0", "class_1")
+    assert len(loaded.dataset) == 6
+    rejected = {problem.file: problem.reason for problem in loaded.rejected}
+    assert set(rejected) == {"class_0/truncated.png", "class_0/empty.png", "class_0/text.jpg",
+                             "class_1/a.png", "class_1/b.png"}  # fmt: skip
+    assert "empty file" in rejected["class_0/empty.png"]
+    assert "none of PNG" in rejected["class_0/text.jpg"]
+    assert "cannot read file" in rejected["class_1/a.png"]
+    ignored = {problem.file: problem.reason for problem in loaded.ignored}
+    assert set(ignored) == {"README.md", "class_0/notes.txt", "class_1/loop", "empty class/"}
+    assert "outside a class folder" in ignored["README.md"]
+    assert "not followed" in ignored["class_1/loop"]
+    assert "class left out" in ignored["empty class/"]
+    assert loaded.hidden == 2
+
+
+def test_process_pool_gives_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_tree(tmp_path, classes=3, per_class=20)
+    (tmp_path / "class_1" / "broken.png").write_bytes(b"\x89PNG\r\n")
+    serial = sources.load_image_folder(tmp_path, SPEC, workers=1, progress=False)
+    monkeypatch.setattr(sources, "PARALLEL_THRESHOLD", 0)
+    monkeypatch.setattr(sources, "CHUNK_SIZE", 7)
+    parallel = sources.load_image_folder(tmp_path, SPEC, workers=2, progress=False)
+    assert np.array_equal(serial.dataset.images, parallel.dataset.images)
+    assert np.array_equal(serial.dataset.labels, parallel.dataset.labels)
+    assert serial.rejected == parallel.rejected
+    assert [problem.file for problem in parallel.rejected] == ["class_1/broken.png"]
+    assert np.bincount(serial.dataset.labels).tolist() == [20, 20, 20]
+
+
+def test_folder_digest_follows_every_change(tmp_path: Path) -> None:
+    write_tree(tmp_path, classes=2, per_class=2)
+    first = sources.folder_digest(tmp_path)
+    assert sources.folder_digest(tmp_path) == first
+    image = sorted((tmp_path / "class_0").iterdir())[0]
+    image.write_bytes(image.read_bytes() + b"\0")
+    edited = sources.folder_digest(tmp_path)
+    image.rename(image.with_name("renamed.png"))
+    renamed = sources.folder_digest(tmp_path)
+    (tmp_path / "class_1" / ".hidden").write_text("DVC hashes hidden files too")
+    hidden = sources.folder_digest(tmp_path)
+    assert len({first[0], edited[0], renamed[0], hidden[0]}) == 4
+    assert hidden[1] == 5
+
+
+def test_folder_digest_is_dvcs_dir_hash(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "é.txt").write_bytes(b"x")
+    (tmp_path / "a.txt").write_bytes(b"")
+    # The .dir object DVC 3 writes for this folder, computed by hand from its documented layout.
+    listing = [{"md5": "d41d8cd98f00b204e9800998ecf8427e", "relpath": "a.txt"},
+               {"md5": "9dd4e461268c8034f5c8564e155c67a6", "relpath": "b/é.txt"}]  # fmt: skip
+    expected = hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
+    assert sources.folder_digest(tmp_path) == (expected, 2, 1)
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    with path.open("wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def test_npz_source(tmp_path: Path) -> None:
+    dataset = make_images(classes=3, per_class=5)
+    save_npz(tmp_path / "data.npz", x=dataset.images[..., 0], y=dataset.labels * 2 + 3)
+    loaded = sources.load_npz(tmp_path, SPEC)
+    assert loaded.dataset.class_names == ("3", "5", "7")
+    assert np.array_equal(loaded.dataset.labels, dataset.labels)
+    assert np.array_equal(loaded.dataset.images, dataset.images)
+    save_npz(tmp_path / "data.npz", x=dataset.images, y=dataset.labels, class_names=np.array(["a", "b", "c"]))
+    assert sources.load_npz(tmp_path, SPEC).dataset.class_names == ("a", "b", "c")
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x": np.zeros((5, 12, 12), np.uint8), "y": np.zeros(4, np.int64)}, "x holds 5 images but y holds 4 labels"),
+        ({"x": np.zeros((5, 12, 12), np.uint8)}, r"missing arrays \['y'\]"),
+        ({"x": np.zeros((5, 12, 12), np.float32), "y": np.zeros(5, np.int64)}, "x must be uint8"),
+        ({"x": np.zeros((5, 12, 12, 2), np.uint8), "y": np.zeros(5, np.int64)}, "x must have 1 or 3 channels"),
+        ({"x": np.zeros((5, 12, 12), np.uint8), "y": np.zeros(5, np.float64)}, "integer labels"),
+        ({"x": np.zeros((5, 28, 28), np.uint8), "y": np.arange(5) % 2}, "set data.image_height: 28"),
+        ({"x": np.array([None] * 5), "y": np.zeros(5, np.int64)}, "not a readable .npz archive of plain arrays"),
+    ],
+)
+def test_npz_bad_input(tmp_path: Path, arrays: dict, message: str) -> None:
+    save_npz(tmp_path / "data.npz", **arrays)
+    with pytest.raises(ValueError, match=message):
+        sources.load_npz(tmp_path, SPEC)
+
+
+def test_npz_needs_exactly_one_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"exactly one .npz file.*found none"):
+        sources.load_npz(tmp_path, SPEC)
+    (tmp_path / "a.npz").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"not a readable .npz"):
+        sources.load_npz(tmp_path, SPEC)
+    (tmp_path / "b.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"found a.npz, b.npz"):
+        sources.load_npz(tmp_path, SPEC)
+
+
+def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
+    magic = 0x800 + array.ndim if magic is None else magic
+    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def write_idx(root: Path, prefix: str, x: np.ndarray, y: np.ndarray, compress: bool) -> None:
+    for kind, array in (("images-idx3", x), ("labels-idx1", y)):
+        data = idx_bytes(array)
+        name = f"{prefix}-{kind}-ubyte"
+        if compress:
+            (root / f"{name}.gz").write_bytes(gzip.compress(data))
+        else:
+            (root / name).write_bytes(data)
+
+
+def test_idx_source_reads_every_pair_plain_or_gzipped(tmp_path: Path) -> None:
+    dataset = make_images(classes=3, per_class=6)
+    x, y = dataset.images[..., 0], dataset.labels
+    write_idx(tmp_path, "train", x[:12], y[:12], compress=True)
+    write_idx(tmp_path, "t10k", x[12:], y[12:], compress=False)
+    loaded = sources.load_idx(tmp_path, SPEC)
+    assert np.array_equal(loaded.dataset.images[..., 0], np.concatenate([x[12:], x[:12]]))  # t10k sorts first
+    assert np.array_equal(loaded.dataset.labels, np.concatenate([y[12:], y[:12]]))
+    assert loaded.dataset.class_names == ("0", "1", "2")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (idx_bytes(np.zeros((2, 12, 12)), magic=0x00000801), "wrong magic number 0x00000801; expected 0x00000803"),
+        (idx_bytes(np.zeros((2, 12, 12)), magic=0x1F8B0803), "wrong magic number 0x1f8b0803"),
+        (idx_bytes(np.zeros((2, 12, 12)))[:-5], "header says"),
+        (b"\0\0", "too short"),
+    ],
+)
+def test_idx_bad_files(data: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        sources.parse_idx(data, expected_dims=3)
+
+
+def test_idx_pairs_must_match(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no IDX files"):
+        sources.load_idx(tmp_path, SPEC)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((3, 12, 12))))
+    with pytest.raises(ValueError, match="no matching train-labels-idx1-ubyte"):
+        sources.load_idx(tmp_path, SPEC)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(2)))
+    with pytest.raises(ValueError, match=r"holds 3 images but .* holds 2 labels"):
+        sources.load_idx(tmp_path, SPEC)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"\x1f\x8b not gzip")
+    with pytest.raises(ValueError, match="wrong magic number"):
+        sources.load_idx(tmp_path, SPEC)
+
+
+@pytest.fixture
+def keras_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    (tmp_path / "keras" / "datasets").mkdir(parents=True)
+    return tmp_path / "keras" / "datasets"
+
+
+def no_download(name: str, output: Path) -> None:
+    raise AssertionError(f"tried to download {name}")
+
+
+def test_keras_mnist_from_a_filled_cache(keras_home: Path) -> None:
+    rng = np.random.default_rng(1)
+    parts = {"x_train": rng.integers(0, 255, (8, 28, 28), dtype=np.uint8), "y_train": np.arange(8) % 10,
+             "x_test": rng.integers(0, 255, (3, 28, 28), dtype=np.uint8), "y_test": np.array([9, 8, 7])}  # fmt: skip
+    save_npz(keras_home / "mnist.npz", **parts)
+    loaded = sources.load_keras("mnist", ImageSpec(28, 28, 1), fetch=no_download)
+    assert loaded.dataset.class_names == tuple("0123456789")
+    assert np.array_equal(loaded.dataset.images[8:, :, :, 0], parts["x_test"])
+    assert loaded.dataset.labels.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 9, 8, 7]
+    assert loaded.version == dataset.DataVersion("keras", "keras.datasets.mnist",
+                                                 sources.file_md5(keras_home / "mnist.npz"), 1,
+                                                 (keras_home / "mnist.npz").stat().st_size)  # fmt: skip
+
+
+def test_keras_fashion_mnist_from_a_filled_cache(keras_home: Path) -> None:
+    folder = keras_home / "fashion-mnist"
+    folder.mkdir()
+    dataset = make_images(classes=10, per_class=2, size=28)
+    write_idx(folder, "train", dataset.images[:15, :, :, 0], dataset.labels[:15], compress=True)
+    write_idx(folder, "t10k", dataset.images[15:, :, :, 0], dataset.labels[15:], compress=True)
+    loaded = sources.load_keras("fashion_mnist", ImageSpec(28, 28, 1), fetch=no_download)
+    assert loaded.dataset.class_names[0] == "T-shirt/top"
+    assert np.array_equal(loaded.dataset.labels, dataset.labels)
+    assert loaded.version.digest == sources.folder_digest(folder)[0]
+
+
+def test_keras_missing_from_cache_goes_to_the_download(keras_home: Path) -> None:
+    def fake_keras(name: str, output: Path) -> None:
+        # What Keras' loader leaves behind: the cached file, and the arrays handed back.
+        save_npz(keras_home / "mnist.npz", x_train=np.zeros((10, 28, 28), np.uint8), y_train=np.arange(10))
+        save_npz(output, x=np.zeros((10, 28, 28), np.uint8), y=np.arange(10)[::-1])
+
+    loaded = sources.load_keras("mnist", ImageSpec(28, 28, 1), fetch=fake_keras)
+    assert loaded.dataset.labels.tolist() == list(range(9, -1, -1))
+    with pytest.raises(ValueError, match="unknown Keras dataset 'imagenet'"):
+        sources.load_keras("imagenet", ImageSpec(28, 28, 1))
+    save_npz(keras_home / "mnist.npz", x_train=np.zeros((2, 28, 28), np.uint8))
+    with pytest.raises(ValueError, match=r"not the Keras mnist.npz"):
+        sources.load_keras("mnist", ImageSpec(28, 28, 1), fetch=no_download)
+
+
+def test_keras_cache_location_follows_keras_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert sources.keras_cache() == tmp_path / "datasets"
+    monkeypatch.delenv("KERAS_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert sources.keras_cache() == tmp_path / ".keras" / "datasets"
+
+
+def test_embedded_digits_are_real_mnist() -> None:
+    digits = sources.load_embedded_digits()
+    assert digits.images.shape == (5000, 28, 28, 1)
+    assert digits.images.dtype == np.uint8
+    assert digits.class_names == tuple("0123456789")
+    assert np.bincount(digits.labels).tolist() == [500] * 10
+    # Real digits: dark background, bright strokes, not noise.
+    assert 20 < digits.images.mean() < 60
+    assert digits.images.max() == 255
+    dataset.validate(digits)
+
+
+def test_keras_datasets_are_the_ones_params_allow() -> None:
+    assert set(sources.KERAS_DATASETS) == set(config.KERAS_DATASETS)

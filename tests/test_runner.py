@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from image_classification import runner
+from image_classification.config import ParamsError
+from tests.conftest import PROJECT_ROOT
+
+
+def test_success_returns_zero() -> None:
+    assert runner.execute("demo", lambda argv: None) == 0
+
+
+def test_params_error_is_one_line_per_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    def main(argv):
+        raise ParamsError("params.yaml: train.epochs = 0: too small\nparams.yaml: train.seed: missing")
+
+    assert runner.execute("train", main) == runner.EXIT_BAD_PARAMS
+    assert capsys.readouterr().err.splitlines() == [
+        "train: error: params.yaml: train.epochs = 0: too small",
+        "train: error: params.yaml: train.seed: missing",
+    ]
+
+
+def test_user_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    def main(argv):
+        raise ValueError("data/split/test.npz: no such dataset file")
+
+    assert runner.execute("evaluate", main) == runner.EXIT_ERROR
+    assert capsys.readouterr().err == "evaluate: error: data/split/test.npz: no such dataset file\n"
+
+
+def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STAGES_DEBUG", "1")
+
+    def main(argv):
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        runner.execute("evaluate", main)
+
+
+def test_bugs_are_not_hidden() -> None:
+    def main(argv):
+        raise TypeError("a bug")
+
+    with pytest.raises(TypeError, match="a bug"):
+        runner.execute("train", main)
+
+
+def test_sigterm_becomes_an_interrupt() -> None:
+    script = textwrap.dedent(
+        """
+        import os, signal, sys, time
+
+        def main(argv):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)
+            finally:
+                print("cleaned up", flush=True)
+
+        sys.exit(cli.execute("train", main))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, env=os.environ
+    )
+    # The default SIGTERM action would end the process at once with -15 and skip the cleanup.
+    assert result.returncode == runner.EXIT_INTERRUPTED
+    assert result.stdout == "cleaned up\n"
+    assert "train: interrupted" in result.stderr
