@@ -43,23 +43,31 @@ def make_images(classes: int = 3, per_class: int = 20, size: int = 12, channels:
     return Dataset(images[order], labels[order].astype(np.int64), tuple(f"class_{index}" for index in range(classes)))
 
 
-@pytest.fixture(autouse=True)
-def _forget_mlflow_uris() -> Iterator[None]:
+@contextlib.contextmanager
+def forgetting_mlflow_uris() -> Iterator[None]:
     """Undo what in-process stages leave behind: MLflow's process-wide tracking and registry URIs.
 
     `mlflow.set_registry_uri` also exports `MLFLOW_REGISTRY_URI`, which would send a later test's
-    registry calls to an earlier test's store.
+    registry calls (an `MlflowClient` given only a tracking URI among them) to an earlier test's store.
     """
     registry_variable = os.environ.get("MLFLOW_REGISTRY_URI")
-    yield
-    import mlflow
+    try:
+        yield
+    finally:
+        import mlflow
 
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
-    if registry_variable is None:
-        os.environ.pop("MLFLOW_REGISTRY_URI", None)
-    else:
-        os.environ["MLFLOW_REGISTRY_URI"] = registry_variable
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        if registry_variable is None:
+            os.environ.pop("MLFLOW_REGISTRY_URI", None)
+        else:
+            os.environ["MLFLOW_REGISTRY_URI"] = registry_variable
+
+
+@pytest.fixture(autouse=True)
+def _forget_mlflow_uris() -> Iterator[None]:
+    with forgetting_mlflow_uris():
+        yield
 
 
 @pytest.fixture
@@ -203,7 +211,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, dict[str
 
     store = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{store / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
+    # Session-scoped, so set up before any test's own fixtures: it must clean up after itself.
+    with forgetting_mlflow_uris(), pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         for variable in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE"):
             patch.delenv(variable, raising=False)

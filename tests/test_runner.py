@@ -57,6 +57,7 @@ def test_sigterm_becomes_an_interrupt() -> None:
     script = textwrap.dedent(
         """
         import os, signal, sys, time
+        from image_classification import runner
 
         def main(argv):
             try:
@@ -65,7 +66,7 @@ def test_sigterm_becomes_an_interrupt() -> None:
             finally:
                 print("cleaned up", flush=True)
 
-        sys.exit(cli.execute("train", main))
+        sys.exit(runner.execute("train", main))
         """
     )
     result = subprocess.run(

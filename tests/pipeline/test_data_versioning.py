@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 from image_classification import artifacts
 from image_classification.modeling import trained_model
 from tests.conftest import git, make_project, merged
-from tests.pipeline.test_dvc_repro import STAGES, dvc, repro
 from tests.data.test_sources import png, write_tree
+from tests.pipeline.test_dvc_repro import STAGES, dvc, repro
 
 pytestmark = pytest.mark.slow
 
