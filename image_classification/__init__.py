@@ -9,6 +9,13 @@ shared by all of them.
 
 import os
 
-# TensorFlow prints pages of C++ start-up chatter (CUDA probing on CPU machines) before it reads
-# any Python setting; this must be set before the first import to quiet it. Users can override it.
+from image_classification import native_logs
+
+# Quiet by default, before TensorFlow or MLflow is imported; a user who sets any of these keeps theirs.
+# TensorFlow's Python-side INFO and WARNING logs:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# MLflow's INFO lines (creating tables, validating an input example) and its per-file download bars:
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# TensorFlow's native start-up lines, which no setting silences:
+native_logs.install()

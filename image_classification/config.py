@@ -24,6 +24,7 @@ DATA_SOURCES = ("embedded", "image_folder", "npz", "idx", "keras")
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
 ASPECTS = ("stretch", "crop", "pad")
+BACKGROUNDS = ("white", "black")
 LR_SCHEDULES = ("constant", "cosine")
 POOLINGS = ("flatten", "global_average")
 BAD_FILE_POLICIES = ("skip", "fail")
@@ -64,6 +65,10 @@ class DataParams(_Section):
     aspect: Literal[ASPECTS] = Field(  # type: ignore[valid-type]
         description="stretch: ignore the aspect ratio; crop: centre crop to the target ratio; pad: fit inside, "
         "black borders"
+    )
+    background: Literal[BACKGROUNDS] = Field(  # type: ignore[valid-type]
+        description="what transparent pixels become: white (as viewers show them; keeps dark shapes) or black "
+        "(keeps light shapes)"
     )
     on_bad_file: Literal[BAD_FILE_POLICIES] = Field(  # type: ignore[valid-type]
         description="skip: list unreadable images in the statistics, warn and go on; fail: stop the stage"

@@ -15,6 +15,9 @@ logger = logging.getLogger(__name__)
 EXIT_ERROR = 1
 EXIT_BAD_PARAMS = 2
 EXIT_INTERRUPTED = 130
+OUT_OF_MEMORY_FIX = (
+    "lower data.image_height, data.image_width or data.channels, set data.max_images, or lower train.batch_size"
+)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -48,7 +51,26 @@ def execute(stage: str, main: Callable[[Sequence[str] | None], None], argv: Sequ
             raise
         print(f"{stage}: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except MemoryError as error:
+        if debug:
+            raise
+        print(f"{stage}: error: out of memory ({_first_line(error)}); {OUT_OF_MEMORY_FIX}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as error:
+        # TensorFlow's allocator fails with its own error class; matched by name so that this module
+        # never imports TensorFlow.
+        if debug or type(error).__name__ != "ResourceExhaustedError":
+            raise
+        print(
+            f"{stage}: error: out of memory in TensorFlow ({_first_line(error)}); {OUT_OF_MEMORY_FIX}", file=sys.stderr
+        )
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"{stage}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "message", None) or error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__

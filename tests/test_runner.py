@@ -76,3 +76,28 @@ def test_sigterm_becomes_an_interrupt() -> None:
     assert result.returncode == runner.EXIT_INTERRUPTED
     assert result.stdout == "cleaned up\n"
     assert "train: interrupted" in result.stderr
+
+
+def test_running_out_of_memory_is_one_line_naming_the_params(capsys: pytest.CaptureFixture[str]) -> None:
+    def main(argv):
+        raise MemoryError("Unable to allocate 3.00 GiB for an array with shape (64, 4096, 4096, 3) and data type uint8")
+
+    assert runner.execute("prepare", main) == runner.EXIT_ERROR
+    assert capsys.readouterr().err == (
+        "prepare: error: out of memory (Unable to allocate 3.00 GiB for an array with shape (64, 4096, 4096, 3) and "
+        "data type uint8); lower data.image_height, data.image_width or data.channels, set data.max_images, or lower "
+        "train.batch_size\n"
+    )
+
+
+def test_tensorflow_out_of_memory_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    class ResourceExhaustedError(Exception):  # TensorFlow's class, by name
+        message = "OOM when allocating tensor with shape[8192,512,512,24]\n detail"
+
+    def main(argv):
+        raise ResourceExhaustedError("OOM")
+
+    assert runner.execute("train", main) == runner.EXIT_ERROR
+    error = capsys.readouterr().err
+    assert error.startswith("train: error: out of memory in TensorFlow (OOM when allocating tensor with shape[8192")
+    assert error.count("\n") == 1

@@ -6,6 +6,7 @@ Nothing here imports TensorFlow or opens files.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,7 +76,6 @@ class DataVersion:
         return self.source in ("image_folder", "npz", "idx")
 
 
-
 def validate(dataset: Dataset, source: str = "", array_names: tuple[str, str] = ("images", "labels")) -> None:
     """Check shapes, dtypes, labels and class count: the one validation every dataset goes through.
 
@@ -114,13 +114,48 @@ def validate(dataset: Dataset, source: str = "", array_names: tuple[str, str] = 
         raise ValueError(f"{where}classes without images: {[class_names[index] for index in missing]}")
 
 
-def stratified_sample(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Pick `size` row indices keeping the class proportions, in a seeded, repeatable way."""
+def stratified_sample(labels: np.ndarray, size: int, seed: int, class_names: Sequence[str] | None = None) -> np.ndarray:
+    """Pick `size` row indices keeping the class proportions, in a seeded, repeatable way.
+
+    Args:
+        labels: (N,) integer labels.
+        size: how many rows to keep (`data.max_images`).
+        seed: the sample is a pure function of the labels, the size and the seed.
+        class_names: the names of the labels, for error messages.
+
+    Returns:
+        The kept row indices, sorted.
+
+    Raises:
+        ValueError: `size` cannot keep every class, or a class has a single image, which stratified
+            sampling cannot place; the message names the class and the fixes.
+    """
     from sklearn.model_selection import train_test_split
 
     if size >= len(labels):
         return np.arange(len(labels))
-    indices, _ = train_test_split(np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed)
+    counts = np.bincount(labels)
+    present = np.flatnonzero(counts)
+    if size < len(present):
+        raise ValueError(
+            f"data.max_images = {size} is fewer than the {len(present)} classes; raise it to at least "
+            f"{len(present)}, or set it to null"
+        )
+    single = [label for label in present if counts[label] == 1]
+    if single:
+        names = ", ".join(repr(class_names[label]) if class_names else str(label) for label in single[:5])
+        raise ValueError(
+            f"class {names} has a single image, and sampling data.max_images = {size} of {len(labels)} keeps "
+            "the class proportions with 2 or more per class; add images to it, or set data.max_images: null"
+        )
+    try:
+        indices, _ = train_test_split(np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed)
+    except ValueError:
+        # scikit-learn's own message speaks of train and test sizes; this one speaks of the param.
+        raise ValueError(
+            f"data.max_images = {size} cannot be sampled from {len(labels)} images in {len(present)} classes "
+            f"keeping their proportions; set it between {len(present)} and {len(labels) - len(present)}, or to null"
+        ) from None
     return np.sort(indices)
 
 
@@ -128,10 +163,11 @@ def statistics(dataset: Dataset) -> dict:
     """Summarize a dataset: class counts and balance, image shape, pixel mean/std (0..255) and duplicates.
 
     `duplicates` counts images identical to an earlier one; `conflicting_duplicates` counts those whose
-    label differs from that earlier image's. `class_balance.ratio` is the largest class over the smallest.
+    label differs from that earlier image's; `constant_images` counts images of a single flat colour.
+    `class_balance.ratio` is the largest class over the smallest.
     """
     counts = np.bincount(dataset.labels, minlength=len(dataset.class_names))
-    pixels = dataset.images.astype(np.float64)
+    mean, std = pixel_mean_std(dataset.images)
     first_label: dict[str, int] = {}
     duplicates = conflicting = 0
     for content, label in zip(content_hashes(dataset.images), dataset.labels.tolist(), strict=True):
@@ -156,9 +192,41 @@ def statistics(dataset: Dataset) -> dict:
         },
         "duplicates": duplicates,
         "conflicting_duplicates": conflicting,
-        "pixel_mean": round(float(pixels.mean()), 4) if pixels.size else None,
-        "pixel_std": round(float(pixels.std()), 4) if pixels.size else None,
+        "constant_images": constant_images(dataset.images),
+        "pixel_mean": None if mean is None else round(mean, 4),
+        "pixel_std": None if std is None else round(std, 4),
     }
+
+
+def pixel_mean_std(images: np.ndarray, chunk: int = 1024) -> tuple[float | None, float | None]:
+    """Mean and standard deviation of every pixel value (0..255), in float64, `chunk` images at a time.
+
+    A float64 copy of the whole array would take 8 times the images' memory.
+    """
+    if not images.size:
+        return None, None
+    count = images.size
+    total = sum(float(images[start : start + chunk].sum(dtype=np.float64)) for start in range(0, len(images), chunk))
+    mean = total / count
+    squares = sum(
+        float(np.square(images[start : start + chunk].astype(np.float64) - mean).sum())
+        for start in range(0, len(images), chunk)
+    )
+    return mean, (squares / count) ** 0.5
+
+
+def constant_images(images: np.ndarray) -> int:
+    """How many of the (N, H, W, C) images hold one value in every pixel and channel."""
+    flat = images.reshape(len(images), -1)
+    return int((flat.min(axis=1) == flat.max(axis=1)).sum()) if flat.size else 0
+
+
+def conflicting_groups(labels: np.ndarray, hashes: list[str]) -> list[list[int]]:
+    """Rows of identical images that carry more than one label, one list per image, in row order."""
+    rows_of: dict[str, list[int]] = {}
+    for row, content in enumerate(hashes):
+        rows_of.setdefault(content, []).append(row)
+    return [rows for rows in rows_of.values() if len(rows) > 1 and len(set(labels[rows].tolist())) > 1]
 
 
 def content_hashes(images: np.ndarray) -> list[str]:

@@ -27,19 +27,22 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from image_classification import config
+from image_classification import config, memory
 from image_classification.data import images
 from image_classification.data.dataset import Dataset, DataVersion, validate
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 IDX_IMAGES, IDX_LABELS = "-images-idx3-ubyte", "-labels-idx1-ubyte"
 # Files decoded per task sent to a worker process: large enough that inter-process overhead is
 # small next to decoding, small enough that the progress bar moves.
 CHUNK_SIZE = 512
 # Below this many files a process pool costs more to start than it saves.
 PARALLEL_THRESHOLD = 2000
+# Top-level folder names that mark an already-split download rather than classes.
+SPLIT_FOLDER_NAMES = frozenset(
+    {"train", "training", "test", "testing", "val", "valid", "validation", "dev", "eval", "evaluation"}
+)
 # An IDX file may not claim more than this many bytes of data (a 4 GiB header lie is refused).
 MAX_IDX_BYTES = 2**32
 
@@ -61,6 +64,12 @@ class Loaded:
     rejected: tuple[Problem, ...] = ()
     ignored: tuple[Problem, ...] = ()
     hidden: int = 0
+    # The file each image row came from, relative to the source folder; empty for array sources.
+    files: tuple[str, ...] = ()
+
+    def describe(self, row: int) -> str:
+        """Name image `row` for a message: its file, or its row in the source's arrays."""
+        return self.files[row] if self.files else f"image {row} of {self.version.path}"
 
 
 @dataclass(frozen=True)
@@ -129,9 +138,11 @@ def load_image_folder(root: Path, spec: images.ImageSpec, workers: int = 1, prog
     `rejected`, with the decoder's reason.
 
     Raises:
-        ValueError: `root` is not a folder.
+        ValueError: `root` is not a folder, or its layout puts the class folders one level deeper
+            (`check_layout`).
     """
     _require_folder(root)
+    check_layout(root)
     candidates: list[tuple[str, str]] = []  # (path relative to root, class folder)
     ignored: list[Problem] = []
     hidden = 0
@@ -148,28 +159,86 @@ def load_image_folder(root: Path, spec: images.ImageSpec, workers: int = 1, prog
         else:
             ignored.append(Problem(entry.name, "file outside a class folder; images go in <class name>/ folders"))
 
+    per_image = spec.height * spec.width * spec.channels
+    memory.require(
+        2 * len(candidates) * per_image,
+        f"decoding {len(candidates):,} images of {root} to {spec.height}x{spec.width}x{spec.channels}",
+        "lower data.image_height, data.image_width or data.channels (data.max_images samples after decoding)",
+    )
     arrays, reasons = _decode_all(root, [path for path, _ in candidates], spec, workers, progress)
     rejected = [Problem(path, reason) for (path, _), reason in zip(candidates, reasons, strict=True) if reason]
     kept = [row for row, reason in enumerate(reasons) if reason is None]
     folders = sorted({entry.name for entry in os.scandir(root) if entry.is_dir(follow_symlinks=False)})
     folders = [name for name in folders if not name.startswith(".")]
     used = sorted({candidates[row][1] for row in kept})
-    ignored += [Problem(f"{name}/", "class folder without a usable image; class left out") for name in folders
-                if name not in used]  # fmt: skip
+    for name in folders:
+        if name not in used:
+            inside = [problem for problem in rejected if problem.file.startswith(f"{name}/")]
+            why = (
+                f"all {len(inside)} image file(s) in it were rejected, first: {inside[0].file}: {inside[0].reason}"
+                if inside
+                else "no image file in it"
+            )
+            ignored.append(Problem(f"{name}/", f"class folder without a usable image ({why}); class left out"))
     label_of = {name: index for index, name in enumerate(used)}
     labels = np.array([label_of[candidates[row][1]] for row in kept], dtype=np.int64)
     # Indexing copies the whole array; when every file decoded, the array is already the dataset.
     stacked = arrays if len(kept) == len(arrays) else arrays[kept]
     digest, files, size = folder_digest(root)
     version = DataVersion("image_folder", str(root), digest, files, size)
-    return Loaded(Dataset(stacked, labels, tuple(used)), version, tuple(rejected), tuple(ignored), hidden)
+    files = tuple(candidates[row][0] for row in kept)
+    return Loaded(Dataset(stacked, labels, tuple(used)), version, tuple(rejected), tuple(ignored), hidden, files)
+
+
+def check_layout(root: Path) -> None:
+    """Refuse folder layouts whose top-level folders are not the classes.
+
+    Two are common in downloads: an already-split set (`train/{cat,dog}`, `test/{cat,dog}`: every
+    top-level folder is named like a split and holds the same sub-folders and no image of its own;
+    class folders with sub-folders of their own, such as `cat/{indoor,outdoor}`, pass), which would otherwise
+    train a classifier of `train` against `test`; and one wrapping folder (`photos/{cat,dog}`),
+    which would be a single class.
+
+    Raises:
+        ValueError: naming the folders, the sub-folders that look like the classes, and the fix.
+    """
+    folders = {}
+    for entry in sorted(os.scandir(root), key=lambda entry: entry.name):
+        if entry.name.startswith(".") or entry.is_symlink() or not entry.is_dir():
+            continue
+        inside = [child for child in os.scandir(entry.path) if not child.name.startswith(".")]
+        if any(child.is_file() and images.named_like_image(child.name) for child in inside):
+            return  # images of its own: a class folder, whatever its name
+        folders[entry.name] = sorted(child.name for child in inside if child.is_dir(follow_symlinks=False))
+    layouts = {tuple(names) for names in folders.values()}
+    if len(layouts) != 1:
+        return
+    (classes,) = layouts
+    if len(classes) < 2:
+        return
+    shown = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
+    tops = ", ".join(f"{name}/" for name in folders)
+    if len(folders) >= 2 and all(name.lower() in SPLIT_FOLDER_NAMES for name in folders):
+        raise ValueError(
+            f"{root}: the folders {tops} each hold the same sub-folders ({shown}) and no images of their own: "
+            "an already-split download, whose class folders are one level deeper; merge them into "
+            f"{root}/<class>/ (the split stage makes the train/validation/test split)"
+        )
+    if len(folders) >= 2:
+        return  # class folders with sub-folders of their own, such as cat/{indoor,outdoor}
+    raise ValueError(
+        f"{root}: its only folder {tops} holds sub-folders ({shown}) and no images of its own; the class "
+        f"folders are one level deeper: move them up to {root}/<class>/"
+    )
 
 
 def index_images(root: Path, name: str = "") -> tuple[list[str], list[Problem], int]:
     """List the image files in `root / name` at any depth, as paths relative to `root`, in a stable order.
 
-    Hidden files and folders are left out (and counted), symbolic links to folders are not
-    followed, and files without an image suffix are reported as skipped.
+    A file is an image when its name says so (`images.IMAGE_SUFFIXES`, or one of the formats in
+    `images.UNSUPPORTED_SUFFIXES`, which the decoder then refuses with the reason) or, whatever its
+    name, when its first bytes do (`images.looks_like_image`). Hidden files and folders are left out
+    (and counted), symbolic links to folders are not followed, and other files are reported as skipped.
 
     Returns:
         The image files, the skipped entries with the reason, and how many hidden entries there were.
@@ -190,10 +259,10 @@ def index_images(root: Path, name: str = "") -> tuple[list[str], list[Problem], 
             path = (relative / file).as_posix()
             if file.startswith("."):
                 hidden += 1
-            elif Path(file).suffix.lower() in IMAGE_SUFFIXES:
+            elif images.named_like_image(file) or images.looks_like_image(Path(folder) / file):
                 found.append(path)
             else:
-                skipped.append(Problem(path, f"not an image file name (expected one of {', '.join(IMAGE_SUFFIXES)})"))
+                skipped.append(Problem(path, "neither named nor encoded like an image file"))
     return found, skipped, hidden
 
 

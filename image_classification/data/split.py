@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from image_classification import artifacts
+from image_classification import artifacts, memory
 from image_classification.config import SplitParams
 from image_classification.data import dataset as dataset_lib
 from image_classification.data.dataset import Dataset
@@ -40,6 +42,7 @@ def split_dataset(split: SplitParams, dataset_path: Path, outputs: dict[str, Pat
     Raises:
         ValueError: an unreadable dataset, or a class with too few images for the fractions.
     """
+    memory.require(2 * memory.files_bytes(dataset_path), f"splitting {dataset_path}", memory.DATA_SIZE_FIX)
     dataset = artifacts.load_dataset(dataset_path)
     dataset_lib.validate(dataset, str(dataset_path))
     parts, duplicates = partition(dataset, split)
@@ -68,6 +71,7 @@ def partition(dataset: Dataset, split: SplitParams) -> tuple[dict[str, Dataset],
         split.validation_fraction,
         split.test_fraction,
         split.seed,
+        dataset.class_names,
     )
     return {name: dataset.subset(getattr(indices, name)) for name in SPLITS}, indices.duplicates
 
@@ -78,14 +82,25 @@ def stratified_split(
     validation_fraction: float,
     test_fraction: float,
     seed: int,
+    class_names: Sequence[str] | None = None,
 ) -> SplitIndices:
     """Split rows into train/validation/test, stratified by label and deterministic for a seed.
 
     Rows with identical content (equal hashes) form one group and land in the same split, so no
-    image appears in two splits. A group is stratified by the label of its first row.
+    image appears in two splits. A group is stratified by the label of its first row. Every class
+    gets at least one image in each split.
+
+    Args:
+        labels: (N,) integer labels.
+        hashes: one content hash per row; equal hashes mean identical images.
+        validation_fraction: share of the distinct images for validation, in (0, 1).
+        test_fraction: share of the distinct images for test, in (0, 1).
+        seed: the split is a pure function of the data, the fractions and the seed.
+        class_names: the names of the labels, for error messages; labels stand for themselves without.
 
     Raises:
-        ValueError: when a class has too few images for the requested fractions.
+        ValueError: a class, named, has too few distinct images for the fractions; the message
+            gives its count, about how many the fractions need, and the fixes.
     """
     from sklearn.model_selection import train_test_split
 
@@ -111,15 +126,45 @@ def stratified_split(
             stratify=labels[held_groups],
             random_state=seed,
         )
-    except ValueError as error:
-        counts = np.bincount(group_labels)
-        raise ValueError(
-            f"cannot split {len(groups)} distinct images into validation_fraction={validation_fraction:g} "
-            f"and test_fraction={test_fraction:g} stratified by class (smallest class has "
-            f"{counts[counts > 0].min()} images): {error}"
-        ) from error
+    except ValueError:
+        # scikit-learn's message names classes by internal index; the user's is below.
+        raise ValueError(_too_small(group_labels, validation_fraction, test_fraction, class_names)) from None
+    present = set(np.unique(group_labels).tolist())
+    for part in (train_groups, validation_groups, test_groups):
+        if set(np.unique(labels[part]).tolist()) != present:
+            raise ValueError(_too_small(group_labels, validation_fraction, test_fraction, class_names))
 
     def rows(selected_groups: np.ndarray) -> np.ndarray:
         return np.flatnonzero(np.isin(group_of_row, selected_groups))
 
     return SplitIndices(rows(train_groups), rows(validation_groups), rows(test_groups), duplicates)
+
+
+def images_needed_per_class(validation_fraction: float, test_fraction: float) -> int:
+    """About how many distinct images a class needs so that each split can expect one of them."""
+    smallest = min(validation_fraction, test_fraction, 1 - validation_fraction - test_fraction)
+    return max(3, math.ceil(1 / smallest - 1e-9))
+
+
+def _too_small(
+    group_labels: np.ndarray, validation_fraction: float, test_fraction: float, class_names: Sequence[str] | None
+) -> str:
+    counts = np.bincount(group_labels)
+    needed = images_needed_per_class(validation_fraction, test_fraction)
+    classes = [label for label in np.argsort(counts, kind="stable") if counts[label] > 0]
+    short = [label for label in classes if counts[label] < needed] or classes[:1]
+
+    def name(label: int) -> str:
+        return repr(class_names[label]) if class_names is not None else str(label)
+
+    if len(short) == 1:
+        which = f"class {name(short[0])} has {counts[short[0]]} distinct image(s)"
+    else:
+        listed = ", ".join(f"{name(label)} ({counts[label]})" for label in short[:5])
+        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+        which = f"classes {listed}{more} have too few distinct images"
+    return (
+        f"cannot split: {which}; split.validation_fraction {validation_fraction:g} "
+        f"and split.test_fraction {test_fraction:g} need about {needed} per class so that each split gets one; "
+        f"add images to the class, remove its folder from the data, or raise the fractions"
+    )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import mlflow
 
-from image_classification import artifacts
+from image_classification import artifacts, memory
 from image_classification.config import EvaluateParams, flatten
 from image_classification.data import dataset as dataset_lib
 from image_classification.modeling import metrics, trained_model
@@ -43,6 +43,7 @@ def evaluate_model(
     store.configure()  # a malformed or unreachable store fails here, before any heavy work
     model = trained_model.load_model(model_dir)
     run_id = trained_model.run_id(model_dir)
+    memory.require(2 * memory.files_bytes(test_path), f"evaluating on {test_path}", memory.DATA_SIZE_FIX)
     test_set = artifacts.load_dataset(test_path)
     dataset_lib.validate(test_set, str(test_path))
     probabilities = model.predict(test_set.images, batch_size=evaluate.batch_size, verbose=0)
@@ -55,7 +56,8 @@ def evaluate_model(
         runs.log_params(flatten(evaluate, prefix="evaluate."))
         mlflow.set_tag("data.test_digest", dataset_lib.digest(test_set.images, test_set.labels))
         mlflow.log_metrics({f"test_{name}": float(value) for name, value in summary.items()})
-        mlflow.log_metrics({f"test_f1.{row['class']}": row["f1"] for row in per_class})
+        keys = runs.metric_keys("test_f1.", [row["class"] for row in per_class])
+        mlflow.log_metrics({key: row["f1"] for key, row in zip(keys, per_class, strict=True)})
         mlflow.log_figure(figure, "evaluation/confusion_matrix.png")
         mlflow.log_dict(per_class, "evaluation/per_class.json")
         with artifacts.atomic_path(figure_path) as staged:

@@ -5,6 +5,7 @@ Evaluate and export read both from here, so the link to the run travels with the
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import keras
@@ -26,12 +27,19 @@ def load_model(folder: Path) -> keras.Model:
     """Load the trained Keras model.
 
     Raises:
-        ValueError: the folder holds no model.
+        ValueError: the folder holds no model, or a file that is not a readable `.keras` archive.
     """
     path = folder / MODEL_FILE
     if not path.is_file():
         raise ValueError(f"{path}: no trained model here; run the train stage first")
-    return keras.models.load_model(path)
+    try:
+        return keras.models.load_model(path)
+    except (ValueError, OSError, zipfile.BadZipFile, KeyError) as error:
+        # Keras reports a file that is not a .keras archive as "File not found", though it is there.
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise ValueError(
+            f"{path}: not a readable Keras model ({reason}); retrain it with `dvc repro --force train`"
+        ) from None
 
 
 def run_id(folder: Path) -> str:

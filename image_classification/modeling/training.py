@@ -17,7 +17,7 @@ import keras
 import mlflow
 import tensorflow as tf
 
-from image_classification import artifacts
+from image_classification import artifacts, memory
 from image_classification.config import Params, TrainParams, flatten
 from image_classification.data import dataset as dataset_lib
 from image_classification.data.dataset import Dataset, DataVersion
@@ -60,6 +60,9 @@ def train_model(
         if data_statistics
         else None
     )
+    # The arrays, and tf.data's constant copy of them.
+    needed = 2 * memory.files_bytes(train_path, validation_path)
+    memory.require(needed, f"training on {train_path} and {validation_path}", memory.DATA_SIZE_FIX)
     train_set = artifacts.load_dataset(train_path)
     validation_set = artifacts.load_dataset(validation_path)
     dataset_lib.validate(train_set, str(train_path))
@@ -98,7 +101,8 @@ def train_model(
         model.count_params(),
         changed,
     )
-    with _mlflow_run(params, data_digest, previous, runs.run_name(changed), description) as run_id:
+    name = runs.run_name(changed, runs.git_commit(Path.cwd()), data_version.digest if data_version else data_digest)
+    with _mlflow_run(params, data_digest, previous, name, description) as run_id:
         runs.log_params(logged_params)
         if previous is None:
             _log_dataset(train_set, data_version, data_digest)

@@ -15,7 +15,7 @@ import keras
 import mlflow
 import numpy as np
 
-from image_classification import artifacts
+from image_classification import artifacts, memory
 from image_classification.config import ExportParams, Params, RegistryParams, flatten
 from image_classification.data import dataset as dataset_lib
 from image_classification.data.dataset import Dataset, DataVersion
@@ -59,6 +59,8 @@ def export_model(
     store.configure()  # a malformed or unreachable store fails here, before any heavy work
     model = trained_model.load_model(model_dir)
     run_id = trained_model.run_id(model_dir)
+    # The test images here and in the fresh process that checks the SavedModel.
+    memory.require(3 * memory.files_bytes(test_path), f"checking the export on {test_path}", memory.DATA_SIZE_FIX)
     test_set = artifacts.load_dataset(test_path)
     dataset_lib.validate(test_set, str(test_path))
     test_metrics = read_report(metrics_path, "evaluate")
@@ -149,7 +151,8 @@ def write_verified_savedmodel(
         reloaded = predict_in_fresh_process(staged, test_set.images)
         agreement = savedmodel.compare(expected, reloaded["probabilities"])
         names_match = bool(
-            np.array_equal(reloaded["class_name"].astype(str), np.asarray(test_set.class_names)[reloaded["class_id"]])
+            [name.decode("utf-8") for name in reloaded["class_name"]]
+            == [test_set.class_names[class_id] for class_id in reloaded["class_id"]]
         )
         if agreement.mismatched_classes or agreement.max_abs_difference > tolerance or not names_match:
             raise ValueError(

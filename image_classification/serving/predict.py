@@ -136,7 +136,7 @@ def find_files(inputs: Sequence[str]) -> list[Path]:
         if path.is_dir():
             inside = _images_in(path)
             if not inside:
-                raise ValueError(f"{path}: no image files in this folder ({', '.join(sources.IMAGE_SUFFIXES)})")
+                raise ValueError(f"{path}: no image files in this folder ({', '.join(images.IMAGE_SUFFIXES)})")
             found += inside
         elif path.is_file():
             found.append(path)
@@ -191,7 +191,10 @@ def decoding_rules(version: Path, data: DataParams) -> tuple[images.ImageSpec, s
         try:
             card = artifacts.read_json(card_path)
             if str(card["version"]) == version.name:
-                return image_spec(DataParams.model_validate(card["params"]["data"])), str(card_path)
+                # Cards written before `data.background` existed describe models trained with
+                # transparency composited over black.
+                recorded = {"background": "black", **card["params"]["data"]}
+                return image_spec(DataParams.model_validate(recorded)), str(card_path)
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{card_path}: not a readable model card ({error})") from None
     return image_spec(data), "params.yaml's data section"

@@ -25,7 +25,11 @@ class SavedModelClassifier(mlflow.pyfunc.PythonModel):
         self._tf = tf
         self._model = tf.saved_model.load(context.artifacts[SAVEDMODEL_ARTIFACT])
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    # np.ndarray tells MLflow the input is described by the logged signature, which it checks; without
+    # a type hint MLflow warns on every load.
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: np.ndarray, params: dict | None = None
+    ) -> pd.DataFrame:
         # A named one-input signature hands the images over as {"images": array}.
         images = next(iter(model_input.values())) if isinstance(model_input, dict) else model_input
         outputs = self._model.serve(self._tf.constant(np.asarray(images)))
@@ -34,7 +38,8 @@ class SavedModelClassifier(mlflow.pyfunc.PythonModel):
             {
                 "probabilities": list(outputs["probabilities"].numpy()),
                 "class_id": outputs["class_id"].numpy(),
-                "class_name": outputs["class_name"].numpy().astype(str),
+                # Class names are UTF-8 bytes; NumPy's astype(str) would decode them as ASCII.
+                "class_name": [name.decode("utf-8") for name in outputs["class_name"].numpy()],
             }
         )
 

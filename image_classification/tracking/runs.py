@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from image_classification.config import flatten, parse_yaml
-from image_classification.tracking.store import configure, experiment_id, redact
+from image_classification.tracking.store import configure, experiment_id, redact, store_errors
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +83,18 @@ def changed_params(params: Mapping[str, Any], baseline: Mapping[str, Any] | None
     }
 
 
-def run_name(changed: Mapping[str, str], limit: int = 80) -> str | None:
-    """Name a run after its DVC experiment, else after the params it changes, else leave it to MLflow."""
+def run_name(changed: Mapping[str, str], commit: str | None, data_version: str, limit: int = 80) -> str:
+    """Name a run so that a person can tell runs apart in the MLflow UI.
+
+    The DVC experiment's name when there is one, else the params that differ from the baseline
+    commit, else the commit and the data version (`3f2a9c1 data 5d41402a`): what a plain
+    `dvc repro` with nothing changed trained from.
+    """
     if os.environ.get("DVC_EXP_NAME"):
         return os.environ["DVC_EXP_NAME"]
     name = ", ".join(f"{key}={value}" for key, value in changed.items())
     if not name:
-        return None
+        return f"{commit[:7] if commit else 'no commit'} data {data_version[:8]}"
     return name if len(name) <= limit else f"{name[: limit - 3]}..."
 
 
@@ -106,21 +112,31 @@ def run_description(
     return "\n\n".join(lines)
 
 
+FAILURE_TAG = "failure_reason"
+
+
 @contextlib.contextmanager
 def _ended_properly(run_id: str) -> Iterator[None]:
-    """End the active run as FINISHED, KILLED (interrupted) or FAILED (with the reason as a tag)."""
+    """End the active run as FINISHED, KILLED (interrupted) or FAILED (with the reason as a tag).
+
+    A run that finishes clears the failure reason an earlier, interrupted attempt left on it. When
+    the store itself fails, the run cannot be closed; the original error is what propagates.
+    """
     try:
         yield
     except KeyboardInterrupt:
-        mlflow.set_tag("failure_reason", "interrupted")
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        with contextlib.suppress(Exception):
+            mlflow.set_tag(FAILURE_TAG, "interrupted")
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException as error:
         with contextlib.suppress(Exception):
-            mlflow.set_tag("failure_reason", f"{type(error).__name__}: {error}"[:5000])
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            mlflow.set_tag(FAILURE_TAG, f"{type(error).__name__}: {error}"[:5000])
+            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
+        if FAILURE_TAG in MlflowClient().get_run(run_id).data.tags:
+            MlflowClient().delete_tag(run_id, FAILURE_TAG)
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
@@ -128,15 +144,20 @@ def _ended_properly(run_id: str) -> Iterator[None]:
 def start_run(
     experiment_name: str, tags: Mapping[str, str], run_name: str | None = None, description: str | None = None
 ) -> Iterator[str]:
-    """Open a new run in the project's store and yield its id; it never stays RUNNING."""
+    """Open a new run in the project's store and yield its id; it never stays RUNNING.
+
+    Raises:
+        ValueError: the store fails (locked, corrupt, full, refusing): one line, from `store.store_errors`.
+    """
     uri = configure()
-    run = mlflow.start_run(
-        experiment_id=experiment_id(experiment_name, uri),
-        run_name=run_name or os.environ.get("DVC_EXP_NAME") or None,
-        tags={**tags, DESCRIPTION_TAG: description} if description else dict(tags),
-    )
-    with _ended_properly(run.info.run_id):
-        yield run.info.run_id
+    with store_errors(uri):
+        run = mlflow.start_run(
+            experiment_id=experiment_id(experiment_name, uri),
+            run_name=run_name or os.environ.get("DVC_EXP_NAME") or None,
+            tags={**tags, DESCRIPTION_TAG: description} if description else dict(tags),
+        )
+        with _ended_properly(run.info.run_id):
+            yield run.info.run_id
 
 
 @contextlib.contextmanager
@@ -144,19 +165,23 @@ def resume_run(run_id: str, source: str) -> Iterator[str]:
     """Reopen the run that produced a model; `source` names the file the id came from.
 
     Raises:
-        ValueError: the run does not exist in the configured store.
+        ValueError: the run does not exist in the configured store, or the store fails (one line,
+            from `store.store_errors`).
     """
     uri = configure()
-    try:
-        mlflow.start_run(run_id=run_id)
-    except MlflowException as error:
-        raise ValueError(
-            f"MLflow run {run_id} (from {source}) is not in the tracking store {redact(uri)}; "
-            "point MLFLOW_TRACKING_URI at the store that trained the model, or retrain with "
-            "`dvc repro --force train`"
-        ) from error
-    with _ended_properly(run_id):
-        yield run_id
+    with store_errors(uri):
+        try:
+            mlflow.start_run(run_id=run_id)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise ValueError(
+                f"MLflow run {run_id} (from {source}) is not in the tracking store {redact(uri)}; "
+                "point MLFLOW_TRACKING_URI at the store that trained the model, or retrain with "
+                "`dvc repro --force train`"
+            ) from error
+        with _ended_properly(run_id):
+            yield run_id
 
 
 def run_exists(run_id: str) -> bool:
@@ -187,3 +212,20 @@ def log_params(params: Mapping[str, Any]) -> None:
 
 def _param_value(value: Any) -> str:
     return "null" if value is None else str(value)
+
+
+def metric_keys(prefix: str, names: Sequence[str]) -> list[str]:
+    """MLflow metric keys for user-given names (class names), one per name, distinct, in order.
+
+    MLflow accepts letters and digits of any script, `_`, `-`, `.`, space and `/` in a key, and no
+    key that a file path would resolve to another; every other character becomes `_`, a slash too.
+    A name that then collides with an earlier one gets `_2`, `_3`, ... appended.
+    """
+    keys: list[str] = []
+    for name in names:
+        cleaned = re.sub(r"[^\w.\- ]", "_", name).strip() or "_"
+        key, suffix = f"{prefix}{cleaned}", 2
+        while key in keys:
+            key, suffix = f"{prefix}{cleaned}_{suffix}", suffix + 1
+        keys.append(key)
+    return keys

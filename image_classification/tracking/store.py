@@ -6,8 +6,12 @@ tracking server or another store instead.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import re
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -30,6 +34,8 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
 }
 HEALTH_TIMEOUT_SECONDS = 5
+# How long a stage waits, before any work, for another program to release a write lock on a SQLite store.
+LOCK_WAIT_SECONDS = 60
 
 
 def project_root() -> Path:
@@ -102,7 +108,8 @@ def configure(root: Path | None = None) -> str:
     them (it echoes run URLs to stdout).
 
     Raises:
-        ValueError: a malformed URI, or a tracking server that does not answer its health check.
+        ValueError: a malformed URI, a tracking server that does not answer its health check, or a
+            store that is locked, corrupt or on a full disk (one line, from `store_errors`).
     """
     uri = tracking_uri(root)
     parts = urlsplit(uri)
@@ -116,7 +123,8 @@ def configure(root: Path | None = None) -> str:
             os.environ.setdefault(variable, value)
         check_server(uri)
     elif uri.startswith("sqlite:///"):
-        initialize_sqlite_store(uri)
+        with store_errors(uri):
+            initialize_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -149,15 +157,77 @@ def initialize_sqlite_store(uri: str) -> None:
     queued experiments do, run the same `ALTER TABLE`s and one of them fails; the lock makes the
     second wait until the first is done. Writes to an existing store need no lock: MLflow sets a
     20 s SQLite busy timeout on every session.
+
+    Another program holding a write transaction on the store (a database browser, a stuck
+    process) is waited for up to `LOCK_WAIT_SECONDS`, before the stage does any work.
+
+    Raises:
+        sqlite3.OperationalError, sqlite3.DatabaseError: the store stays locked, is not a database,
+            or its disk is full; `store_errors` turns them into one line.
     """
     database = Path(uri[len("sqlite:///") :])
     database.parent.mkdir(parents=True, exist_ok=True)
     with database.with_name(f"{database.name}.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            if database.exists():
+                # BEGIN IMMEDIATE takes the write lock, waiting `timeout` for whoever holds it.
+                with contextlib.closing(sqlite3.connect(database, timeout=LOCK_WAIT_SECONDS)) as connection:
+                    connection.execute("BEGIN IMMEDIATE")
+                    connection.rollback()
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """Turn a failure of the tracking store inside the block into one `ValueError` line that names the
+    store and what to do: locked, not a database, a full disk, or a request the store refused.
+
+    MLflow and SQLAlchemy raise these with pages of chained tracebacks; the line is what a user can act on.
+    """
+    try:
+        yield
+    except (MlflowException, sqlite3.Error, *_sqlalchemy_errors()) as error:
+        raise ValueError(describe_store_error(error, uri)) from error
+
+
+def describe_store_error(error: BaseException, uri: str) -> str:
+    """One line for a tracking-store failure, naming the store (without credentials)."""
+    text = " ".join(str(error).split())
+    store = f"MLflow store {redact(uri)}"
+    if "database is locked" in text or "database table is locked" in text:
+        return (
+            f"{store} is locked by another process; close what holds it (a database browser, another "
+            "process writing to it) and rerun"
+        )
+    if "not a database" in text or "malformed" in text or "no such table" in text:
+        return (
+            f"{store} is not a readable MLflow database ({_sqlite_reason(text)}); move the file aside to "
+            "start a new store, or point MLFLOW_TRACKING_URI at the right one"
+        )
+    if "disk is full" in text or "No space left" in text:
+        return f"{store}: no space left on its disk; free some and rerun"
+    if "readonly database" in text or "Permission denied" in text:
+        return f"{store} cannot be written ({_sqlite_reason(text)}); check the file's permissions"
+    message = getattr(error, "message", None) or text
+    first = " ".join(str(message).split())[:300]
+    return f"{store} refused the request: {first}"
+
+
+def _sqlite_reason(text: str) -> str:
+    """The SQLite error itself, without SQLAlchemy's statement and background link."""
+    match = re.search(r"\(sqlite3\.\w+\) ([^\[]+)", text)
+    return (match.group(1) if match else text[:120]).strip()
+
+
+def _sqlalchemy_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+    except ImportError:  # an http(s) store needs no SQLAlchemy
+        return ()
+    return (SQLAlchemyError,)
 
 
 def _artifact_location(uri: str) -> str | None:

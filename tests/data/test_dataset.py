@@ -74,3 +74,20 @@ def test_data_version_round_trips_and_names_a_bad_record() -> None:
     assert not dataset_lib.DataVersion("keras", "keras.datasets.mnist", "ab", 1, 2).local
     with pytest.raises(ValueError, match=r"^reports/data/statistics.json: not a data version record .*prepare`$"):
         dataset_lib.DataVersion.from_json({"source": "npz"}, "reports/data/statistics.json")
+
+
+@pytest.mark.parametrize(
+    ("labels", "size", "message"),
+    [
+        (
+            [0] * 20 + [1] * 20 + [2] * 20,
+            2,
+            r"^data.max_images = 2 is fewer than the 3 classes; raise it to at least 3",
+        ),
+        ([0] * 20 + [1] * 1, 10, r"^class 'b' has a single image, and sampling data.max_images = 10 of 21 keeps"),
+        ([0] * 20 + [1] * 20 + [2] * 20, 59, r"^data.max_images = 59 cannot be sampled from 60 images in 3 classes"),
+    ],
+)
+def test_max_images_that_cannot_keep_every_class_is_one_clear_line(labels: list, size: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataset_lib.stratified_sample(np.array(labels), size, seed=0, class_names=("a", "b", "c"))

@@ -52,18 +52,115 @@ def test_rgb_to_gray_and_gray_to_rgb() -> None:
     assert np.array_equal(rgb[..., 0], rgb[..., 2])
 
 
-def test_transparency_is_composited_over_black() -> None:
+def test_transparency_is_composited_over_the_background_param() -> None:
     rgba = np.zeros((28, 28, 4), np.uint8)
     rgba[..., :3] = 255  # white everywhere, but only the left half is opaque
     rgba[:, :14, 3] = 255
-    decoded = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), ImageSpec(28, 28, 3))
+    decoded = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), ImageSpec(28, 28, 3, background="black"))
     assert np.all(decoded[:, :14] == 255)
     assert np.all(decoded[:, 14:] == 0)
     palette = Image.fromarray(np.repeat([[0, 1]], 28, axis=0).repeat(14, axis=1).astype(np.uint8), "P")
     palette.putpalette([255, 255, 255, 200, 200, 200])
-    decoded = decode_image(encode(palette, "PNG", transparency=1), GRAY_28)
+    decoded = decode_image(encode(palette, "PNG", transparency=1), ImageSpec(28, 28, 1, background="black"))
     assert np.all(decoded[:, :14] == 255)
     assert np.all(decoded[:, 14:] == 0)
+
+
+def test_dark_shape_on_transparent_keeps_its_shape_on_the_default_white() -> None:
+    # What icon sets and exported masks look like: an opaque black shape, the rest fully transparent
+    # (and black underneath, so dropping alpha or compositing over black gives a flat black square).
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[8:20, 8:20, 3] = 255
+    decoded = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), GRAY_28)[:, :, 0]
+    assert np.all(decoded[8:20, 8:20] == 0)
+    assert np.all(decoded[:8] == 255)
+    la = np.zeros((28, 28, 2), np.uint8)
+    la[8:20, 8:20, 1] = 255
+    assert np.array_equal(decode_image(encode(Image.fromarray(la, "LA"), "PNG"), GRAY_28)[:, :, 0], decoded)
+
+
+@pytest.mark.parametrize(("orientation", "turn"), [(3, 2), (6, 1), (8, 3)])
+@pytest.mark.parametrize("file_format", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_exif_orientation_is_applied_as_viewers_do(orientation: int, turn: int, file_format: str) -> None:
+    # Upright: 16 high, 8 wide, the top half white. A phone stores it turned and tags the turn.
+    upright = np.zeros((16, 8), np.uint8)
+    upright[:8] = 255
+    stored = np.rot90(upright, k=turn)  # what is on disk; Orientation says how to turn it back
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.fromarray(np.ascontiguousarray(stored)), file_format, exif=exif.tobytes())
+    decoded = decode_image(data, ImageSpec(16, 8, 1, "nearest"))[:, :, 0].astype(int)
+    assert abs(decoded - upright.astype(int)).max() <= 40, decoded  # JPEG blurs the edge a little
+
+
+def swapped_primaries_profile() -> bytes:
+    """An RGB ICC profile like sRGB but with the red and blue primaries swapped: easy to recognise."""
+    from PIL import ImageCms
+
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    tags = {}
+    for index in range(struct.unpack(">I", data[128:132])[0]):
+        signature, offset, size = struct.unpack(">4sII", data[132 + 12 * index : 144 + 12 * index])
+        tags[signature] = (offset, size)
+    (red, red_size), (blue, blue_size) = tags[b"rXYZ"], tags[b"bXYZ"]
+    red_tag, blue_tag = bytes(data[red : red + red_size]), bytes(data[blue : blue + blue_size])
+    data[red : red + red_size], data[blue : blue + blue_size] = blue_tag, red_tag
+    return bytes(data)
+
+
+def test_embedded_icc_profile_is_converted_to_srgb() -> None:
+    from PIL import ImageCms
+
+    pixels = np.full((4, 4, 3), (200, 100, 50), np.uint8)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    tagged = decode_image(encode(Image.fromarray(pixels), "PNG", icc_profile=srgb), ImageSpec(4, 4, 3))
+    assert np.array_equal(tagged, pixels)  # sRGB to sRGB changes nothing
+    for file_format in ("PNG", "JPEG", "TIFF"):
+        data = encode(Image.fromarray(pixels), file_format, icc_profile=swapped_primaries_profile())
+        red, green, blue = decode_image(data, ImageSpec(4, 4, 3))[0, 0].astype(int)
+        assert (abs(red - 50), abs(green - 100), abs(blue - 200)) <= (4, 4, 4), file_format
+    broken = decode_image(encode(Image.fromarray(pixels), "PNG", icc_profile=b"not a profile"), ImageSpec(4, 4, 3))
+    assert np.array_equal(broken, pixels)  # ignored, as viewers ignore it
+
+
+@pytest.mark.parametrize("file_format", ["TIFF", "HEIF", "AVIF", "JPEG2000", "PPM"])
+def test_photo_formats_beyond_the_web_ones_decode(file_format: str) -> None:
+    pixels = np.zeros((16, 16, 3), np.uint8)
+    pixels[:8] = (250, 250, 250)
+    decoded = decode_image(encode(Image.fromarray(pixels), file_format), ImageSpec(16, 16, 3)).astype(int)
+    assert abs(decoded - pixels.astype(int)).max() <= 48, file_format  # HEIF and AVIF are lossy
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("drawing.svg", b"<svg xmlns='http://www.w3.org/2000/svg'/>", "SVG is a vector format; render it to PNG"),
+        ("IMG_0001.CR2", b"II*\x00" + b"\0" * 64, "a camera raw file; export it to JPEG or PNG"),
+        ("photo.jxl", b"\xff\x0a" + b"\0" * 64, "JPEG XL is not supported"),
+        ("layers.psd", b"8BPS" + b"\0" * 64, "a Photoshop document; export it to PNG"),
+        ("renamed.png", b"<svg xmlns='http://www.w3.org/2000/svg'/>", "SVG content, which is not supported"),
+        ("renamed.jpg", b"\xff\x0a" + b"\0" * 64, "JPEG XL content, which is not supported"),
+    ],
+)
+def test_image_formats_it_cannot_read_are_refused_with_what_to_do(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        decode_image(path, GRAY_28)
+
+
+def test_files_are_images_by_name_or_by_content(tmp_path: Path) -> None:
+    (tmp_path / "IMG_0001").write_bytes(encode(Image.fromarray(gradient()), "JPEG"))
+    (tmp_path / "scan.dat").write_bytes(encode(Image.fromarray(gradient()), "PNG"))
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert images.looks_like_image(tmp_path / "IMG_0001")
+    assert images.looks_like_image(tmp_path / "scan.dat")
+    assert not images.looks_like_image(tmp_path / "notes.txt")
+    assert images.named_like_image("photo.HEIC")
+    assert images.named_like_image("raw.nef")
+    assert not images.named_like_image("notes.txt")
 
 
 def test_sixteen_bit_grayscale_is_scaled_not_clipped() -> None:
@@ -123,11 +220,11 @@ def png_claiming(width: int, height: int) -> bytes:
         (b"", "empty file"),
         (b"this is a text file, not a picture\n", "content is none of PNG, JPEG, BMP, GIF, WEBP"),
         (encode(Image.fromarray(gradient(28, 28)), "PNG")[:60], "not a readable image"),
-        (encode(Image.fromarray(gradient(28, 28)), "TIFF"), "content is none of"),
+        (b"8BPS" + bytes(64), "Photoshop content, which is not supported; convert it to PNG or JPEG"),
         (png_claiming(9000, 9000), r"9000x9000 pixels exceeds the 67,108,864-pixel limit"),
         (png_claiming(100_000, 100_000), "decompression bomb"),
     ],
-    ids=["empty", "text", "truncated", "tiff", "bomb-over-our-limit", "bomb-over-pillow-limit"],
+    ids=["empty", "text", "truncated", "psd", "bomb-over-our-limit", "bomb-over-pillow-limit"],
 )
 def test_bad_data_is_a_clear_value_error(data: bytes, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from image_classification import artifacts
 from image_classification.config import parse_params
@@ -34,23 +36,30 @@ def test_image_folder_statistics_report_everything(tmp_path: Path) -> None:
         data_params(), tmp_path / "d.npz", tmp_path / "s.json", raw, workers=1, progress=False
     )
     assert statistics == artifacts.read_json(tmp_path / "s.json")
-    assert statistics["images"] == 32
-    assert statistics["count_per_class"] == {"class_0": 11, "class_1": 11, "class_2": 10}
-    assert statistics["class_balance"]["ratio"] == 1.1
-    assert statistics["class_balance"]["smallest_class"] == "class_2"
-    assert statistics["duplicates"] == 2
-    assert statistics["conflicting_duplicates"] == 1
-    assert statistics["rejected_count"] == 1
-    assert statistics["rejected"][0]["file"] == "class_2/broken.png"
+    # The copy under class_1 makes its original and class_0's copy ambiguous: all three are left out.
+    assert statistics["images"] == 29
+    assert statistics["count_per_class"] == {"class_0": 9, "class_1": 10, "class_2": 10}
+    assert statistics["class_balance"]["ratio"] == 1.1111
+    assert statistics["class_balance"]["smallest_class"] == "class_0"
+    assert statistics["duplicates"] == 0
+    assert statistics["conflicting_duplicates"] == 0
+    assert statistics["constant_images"] == 0
+    assert statistics["rejected_count"] == 4
+    rejected = {problem["file"]: problem["reason"] for problem in statistics["rejected"]}
+    assert rejected["class_2/broken.png"].startswith("not a readable image")
+    assert rejected["class_1/copy.png"] == (
+        f"the same image as class_0/{first.name} (class_0), class_0/copy.png (class_0), under another class; "
+        "an image with two labels cannot be learned"
+    )
     assert statistics["data_version"]["files"] == 33
-    assert len(artifacts.load_dataset(tmp_path / "d.npz")) == 32
+    assert len(artifacts.load_dataset(tmp_path / "d.npz")) == 29
 
 
 def test_on_bad_file_fail_stops_and_writes_nothing(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     write_tree(raw, classes=2, per_class=5)
     (raw / "class_1" / "zero.png").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"1 unreadable image file\(s\).*first: class_1/zero.png: empty file"):
+    with pytest.raises(ValueError, match=r"1 image file\(s\) rejected.*first: class_1/zero.png: empty file"):
         prepare.prepare_dataset(
             data_params(on_bad_file="fail"), tmp_path / "d.npz", tmp_path / "s.json", raw, workers=1
         )
@@ -85,7 +94,7 @@ def test_cli_skips_bad_files_with_a_warning(tmp_path: Path) -> None:
     (raw / "class_0" / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     result = run_cli(tmp_path, raw, source="image_folder", image_height=12, image_width=12, max_images=None)
     assert result.returncode == 0, result.stderr
-    assert "prepare: skipped 1 unreadable image file(s)" in result.stderr
+    assert "prepare: left out 1 rejected image file(s)" in result.stderr
     assert "20 images of shape [12, 12, 1] in 2 classes from 'image_folder', 1 file(s) rejected" in result.stdout
     assert json.loads((tmp_path / "s.json").read_text())["rejected"][0]["file"] == "class_0/bomb.png"
 
@@ -119,3 +128,93 @@ def test_keras_dataset_offline_with_an_empty_cache_is_one_line(tmp_path: Path) -
     assert lines[0].startswith("prepare: error: keras dataset 'mnist' is not in the Keras cache")
     assert "copy mnist.npz" in lines[0]
     assert "KERAS_HOME" in lines[0]
+
+
+def shapes_on_transparent(root: Path, per_class: int = 30, shade: int = 0) -> None:
+    """RGBA PNGs of an opaque shape of grey `shade` on a fully transparent background: circles and squares."""
+    rng = np.random.default_rng(3)
+    for name in ("circle", "square"):
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            size, left, top = rng.integers(8, 16), rng.integers(0, 12), rng.integers(0, 12)
+            pixels = np.zeros((28, 28, 4), np.uint8)
+            pixels[..., :3] = shade
+            rows, columns = np.mgrid[:28, :28]
+            if name == "circle":
+                inside = (rows - top - size / 2) ** 2 + (columns - left - size / 2) ** 2 <= (size / 2) ** 2
+            else:
+                inside = (rows >= top) & (rows < top + size) & (columns >= left) & (columns < left + size)
+            pixels[inside, 3] = 255
+            Image.fromarray(pixels, "RGBA").save(root / name / f"{index:02d}.png")
+
+
+def test_dark_shapes_on_transparent_backgrounds_keep_their_shape(tmp_path: Path) -> None:
+    shapes_on_transparent(tmp_path / "raw")
+    statistics = prepare.prepare_dataset(
+        data_params(image_height=28, image_width=28), tmp_path / "d.npz", tmp_path / "s.json", tmp_path / "raw", 1
+    )
+    assert statistics["images"] == 60
+    assert statistics["pixel_std"] > 50
+    assert statistics["duplicates"] == statistics["constant_images"] == 0
+
+
+def test_degenerate_decoded_data_stops_prepare_naming_the_cause(tmp_path: Path) -> None:
+    # White shapes on a transparent background, composited over white: 60 flat white squares.
+    shapes_on_transparent(tmp_path / "raw", shade=255)
+    params = data_params(image_height=28, image_width=28)
+    with pytest.raises(ValueError, match=r"60 of 60 images decode to a single flat colour \(pixel value 255; first: "
+                       r"circle/00.png\); .*data.background"):  # fmt: skip
+        prepare.prepare_dataset(params, tmp_path / "d.npz", tmp_path / "s.json", tmp_path / "raw", 1)
+    assert not (tmp_path / "d.npz").exists()
+    statistics = prepare.prepare_dataset(
+        data_params(image_height=28, image_width=28, background="black"), tmp_path / "d.npz", tmp_path / "s.json",
+        tmp_path / "raw", 1,
+    )  # fmt: skip
+    assert statistics["constant_images"] == 0
+
+
+def test_a_folder_of_copies_stops_prepare(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    write_tree(raw, classes=2, per_class=3)
+    for name in ("class_0", "class_1"):
+        first = sorted((raw / name).iterdir())[0]
+        for copy in range(10):
+            (raw / name / f"copy{copy}.png").write_bytes(first.read_bytes())
+    with pytest.raises(ValueError, match=r"20 of 26 images are exact copies of another after decoding \(first: "):
+        prepare.prepare_dataset(data_params(), tmp_path / "d.npz", tmp_path / "s.json", raw, workers=1)
+
+
+def test_the_same_image_under_two_classes_stops_prepare_under_fail(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    write_tree(raw, classes=2, per_class=5)
+    first = sorted((raw / "class_0").iterdir())[0]
+    (raw / "class_1" / "mislabelled.png").write_bytes(first.read_bytes())
+    with pytest.raises(ValueError, match=r"2 image file\(s\) rejected .*first: class_0/.*: the same image as "
+                       r"class_1/mislabelled.png \(class_1\), under another class"):  # fmt: skip
+        prepare.prepare_dataset(data_params(on_bad_file="fail"), tmp_path / "d.npz", tmp_path / "s.json", raw, 1)
+
+
+def test_unusable_image_files_count_and_stop_under_fail(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    write_tree(raw, classes=2, per_class=5)
+    (raw / "class_1" / "IMG_0001.jxl").write_bytes(b"\xff\x0a" + bytes(64))
+    statistics = prepare.prepare_dataset(data_params(), tmp_path / "d.npz", tmp_path / "s.json", raw, workers=1)
+    assert statistics["rejected_count"] == 1
+    assert statistics["rejected"][0]["reason"].startswith("JPEG XL is not supported")
+    with pytest.raises(ValueError, match=r"1 image file\(s\) rejected .*IMG_0001.jxl: JPEG XL is not supported"):
+        prepare.prepare_dataset(data_params(on_bad_file="fail"), tmp_path / "d.npz", tmp_path / "s.json", raw, 1)
+
+
+def test_images_too_large_for_memory_stop_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from image_classification import memory
+
+    raw = tmp_path / "raw"
+    write_tree(raw, classes=2, per_class=32)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2 * 2**30)
+    params = data_params(image_height=4096, image_width=4096, channels=3)
+    message = (
+        r"^decoding 64 images of .* to 4096x4096x3 needs about 6.00 GiB of memory and 2.00 GiB is available; "
+        r"lower data.image_height, data.image_width or data.channels"
+    )
+    with pytest.raises(ValueError, match=message):
+        prepare.prepare_dataset(params, tmp_path / "d.npz", tmp_path / "s.json", raw, workers=1)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from image_classification import config
-from image_classification.data import dataset, sources
+from image_classification.data import dataset, images, sources
 from image_classification.data.images import ImageSpec
 from tests.conftest import make_images
 
@@ -300,3 +300,55 @@ def test_embedded_digits_are_real_mnist() -> None:
 
 def test_keras_datasets_are_the_ones_params_allow() -> None:
     assert set(sources.KERAS_DATASETS) == set(config.KERAS_DATASETS)
+
+
+def test_an_already_split_download_is_refused_with_where_the_classes_are(tmp_path: Path) -> None:
+    for split_name in ("train", "test"):
+        write_tree(tmp_path / split_name, classes=2, per_class=3)
+    with pytest.raises(
+        ValueError, match=r"the folders test/, train/ each hold the same sub-folders \(class_0, class_1\)"
+    ):
+        sources.load_image_folder(tmp_path, SPEC)
+    with pytest.raises(ValueError, match=r"class folders are one level deeper; merge them into .*/<class>/"):
+        sources.load_image_folder(tmp_path, SPEC)
+
+
+def test_one_wrapping_folder_is_refused(tmp_path: Path) -> None:
+    write_tree(tmp_path / "photos", classes=3, per_class=2)
+    with pytest.raises(ValueError, match=r"its only folder photos/ holds sub-folders \(class_0, class_1, class_2\)"):
+        sources.load_image_folder(tmp_path, SPEC)
+
+
+def test_class_folders_with_sub_folders_of_their_own_still_work(tmp_path: Path) -> None:
+    for animal in ("cat", "dog"):
+        for place in ("indoor", "outdoor"):
+            write_tree(tmp_path / animal / place, classes=1, per_class=2)
+    loaded = sources.load_image_folder(tmp_path, SPEC)
+    assert loaded.dataset.class_names == ("cat", "dog")
+    assert len(loaded.dataset) == 8
+    assert loaded.files[0] == "cat/indoor/class_0/0000.png"
+
+
+def test_files_that_look_like_images_are_decoded_or_rejected_never_dropped(tmp_path: Path) -> None:
+    write_tree(tmp_path, classes=2, per_class=3)
+    image = make_images(classes=1, per_class=1).images[0, :, :, 0]
+    (tmp_path / "class_0" / "IMG_0042").write_bytes(png(image))  # no suffix, PNG content
+    (tmp_path / "class_1" / "photo.heic").write_bytes(png(image, file_format="TIFF"))  # misnamed, decodable
+    (tmp_path / "class_1" / "vector.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    (tmp_path / "class_1" / "notes.txt").write_text("not an image")
+    (tmp_path / "tiffs").mkdir()
+    for index in range(3):
+        (tmp_path / "tiffs" / f"{index}.tif").write_bytes(png(image + index, file_format="TIFF"))
+    (tmp_path / "raws").mkdir()
+    (tmp_path / "raws" / "DSC_0001.NEF").write_bytes(b"II*\x00" + bytes(64))
+    loaded = sources.load_image_folder(tmp_path, SPEC)
+    assert loaded.dataset.class_names == ("class_0", "class_1", "tiffs")
+    assert np.bincount(loaded.dataset.labels).tolist() == [4, 4, 3]
+    rejected = {problem.file: problem.reason for problem in loaded.rejected}
+    assert rejected == {
+        "class_1/vector.svg": "SVG is a vector format; render it to PNG (for example with rsvg-convert)",
+        "raws/DSC_0001.NEF": images.UNSUPPORTED_SUFFIXES[".nef"],
+    }
+    ignored = {problem.file: problem.reason for problem in loaded.ignored}
+    assert ignored["class_1/notes.txt"] == "neither named nor encoded like an image file"
+    assert ignored["raws/"].startswith("class folder without a usable image (all 1 image file(s) in it were rejected")

@@ -46,11 +46,36 @@ def test_duplicates_land_in_one_split_only() -> None:
     assert all(len(names) == 1 for names in split_of.values())
 
 
-def test_split_too_small_class_is_a_clear_error() -> None:
-    labels = np.array([0] * 20 + [1] * 2)
+def test_a_class_too_small_to_split_is_named_with_its_count_and_the_fix() -> None:
+    # The case: classes of 40, 40 and 1 to 4 images.
+    for small in (1, 2, 3, 4):
+        labels = np.array([0] * 40 + [1] * small + [2] * 40)
+        hashes = [str(row) for row in range(len(labels))]
+        with pytest.raises(ValueError, match=r"^cannot split: class .tiny.") as caught:
+            split.stratified_split(labels, hashes, 0.15, 0.15, seed=42, class_names=("circle", "tiny", "square"))
+        assert str(caught.value) == (
+            f"cannot split: class 'tiny' has {small} distinct image(s); split.validation_fraction 0.15 and "
+            "split.test_fraction 0.15 need about 7 per class so that each split gets one; add images to the "
+            "class, remove its folder from the data, or raise the fractions"
+        )
+        assert "[1]" not in str(caught.value)
+
+
+def test_every_class_reaches_every_split_or_the_split_stops() -> None:
+    # 40 classes of 5: scikit-learn splits them, but some classes would get no test image.
+    labels = np.repeat(np.arange(40), 5)
     hashes = [str(row) for row in range(len(labels))]
-    with pytest.raises(ValueError, match="smallest class has 2 images"):
-        split.stratified_split(labels, hashes, 0.15, 0.15, seed=0)
+    with pytest.raises(
+        ValueError, match=r"classes 0 \(5\), 1 \(5\), 2 \(5\), 3 \(5\), 4 \(5\) and 35 more have too few"
+    ):
+        split.stratified_split(labels, hashes, 0.1, 0.1, seed=0)
+
+
+def test_needed_images_per_class_follows_the_smallest_share() -> None:
+    assert split.images_needed_per_class(0.15, 0.15) == 7
+    assert split.images_needed_per_class(0.1, 0.2) == 10
+    assert split.images_needed_per_class(0.45, 0.45) == 10  # training keeps only a tenth
+    assert split.images_needed_per_class(0.4, 0.4) == 5
 
 
 @pytest.mark.slow

@@ -31,3 +31,9 @@ def test_bad_run_file_is_a_clear_error(tmp_path: Path, content: str | None) -> N
         (tmp_path / trained_model.RUN_FILE).write_text(content)
     with pytest.raises(ValueError, match=r"mlflow_run.json: cannot read the MLflow run id"):
         trained_model.run_id(tmp_path)
+
+
+def test_a_corrupt_model_file_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / trained_model.MODEL_FILE).write_text("not a .keras archive")
+    with pytest.raises(ValueError, match=r"model.keras: not a readable Keras model \(.*\); retrain it with"):
+        trained_model.load_model(tmp_path)

@@ -95,15 +95,42 @@ def test_changed_params_against_the_baseline_commit(tmp_path: Path, monkeypatch:
     assert runs.baseline_params(tmp_path) is None  # an unknown commit
 
 
-def test_run_name_prefers_the_experiment_then_the_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_name_prefers_the_experiment_then_the_changes_then_commit_and_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    assert runs.run_name({}) is None
-    assert runs.run_name({"train.epochs": "3", "train.seed": "1"}) == "train.epochs=3, train.seed=1"
-    long_name = runs.run_name({f"train.key{index}": "value" for index in range(20)})
+    assert runs.run_name({}, "3f2a9c1e0b", "5d41402abc4b2a76.dir") == "3f2a9c1 data 5d41402a"
+    assert runs.run_name({}, None, "5d41402abc4b2a76.dir") == "no commit data 5d41402a"
+    assert runs.run_name({"train.epochs": "3", "train.seed": "1"}, "3f2a9c1", "5d4") == "train.epochs=3, train.seed=1"
+    long_name = runs.run_name({f"train.key{index}": "value" for index in range(20)}, "3f2a9c1", "5d4")
     assert len(long_name) == 80
     assert long_name.endswith("...")
     monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-1")
-    assert runs.run_name({"train.epochs": "3"}) == "lr-sweep-1"
+    assert runs.run_name({"train.epochs": "3"}, "3f2a9c1", "5d4") == "lr-sweep-1"
+
+
+def test_metric_keys_take_any_folder_name_mlflow_would_refuse() -> None:
+    from mlflow.utils.validation import _validate_metric_name
+
+    names = ["c++", "rock & roll (live)", "Ñandú", "猫", "Größe groß", "c__", "T-shirt/top", "..", " a "]
+    keys = runs.metric_keys("test_f1.", names)
+    assert keys == [
+        "test_f1.c__", "test_f1.rock _ roll _live_", "test_f1.Ñandú", "test_f1.猫", "test_f1.Größe groß",
+        "test_f1.c___2", "test_f1.T-shirt_top", "test_f1...", "test_f1.a",
+    ]  # fmt: skip
+    for key in keys:
+        _validate_metric_name(key)  # raises for a key MLflow refuses
+
+
+def test_a_resumed_run_that_finishes_loses_its_failure_reason(mlflow_store: str) -> None:
+    with pytest.raises(KeyboardInterrupt), runs.start_run("resume-test", {}) as run_id:
+        raise KeyboardInterrupt
+    assert MlflowClient().get_run(run_id).data.tags["failure_reason"] == "interrupted"
+    with runs.resume_run(run_id, source="a checkpoint"):
+        pass
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert "failure_reason" not in run.data.tags
 
 
 def test_run_description_names_data_version_and_model_size() -> None:

@@ -12,7 +12,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from image_classification.tracking import store
+from image_classification.tracking import runs, store
 from tests.conftest import PROJECT_ROOT, free_port
 
 
@@ -173,3 +173,54 @@ def test_concurrent_stages_on_a_new_sqlite_store_lose_no_run(tmp_path: Path) -> 
     assert {run.info.run_id for run in found} == run_ids
     assert len(run_ids) == 3
     assert {run.info.status for run in found} == {"FINISHED"}
+
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys, time
+connection = sqlite3.connect(sys.argv[1])
+connection.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_store_locked_by_another_process_is_waited_for_then_one_line(
+    mlflow_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.configure()
+    database = mlflow_store[len("sqlite:///") :]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, database], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setattr(store, "LOCK_WAIT_SECONDS", 1)
+        started = time.monotonic()
+        with pytest.raises(ValueError, match="is locked by another process") as caught:
+            store.configure()
+        assert time.monotonic() - started >= 1
+    finally:
+        holder.kill()
+        holder.wait()
+    assert str(caught.value) == (
+        f"MLflow store {mlflow_store} is locked by another process; close what holds it (a database browser, "
+        "another process writing to it) and rerun"
+    )
+    store.configure()  # released: usable again
+
+
+def test_a_corrupt_store_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    database = tmp_path / "mlflow.db"
+    database.write_bytes(b"this was never a database " * 100)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
+    with pytest.raises(ValueError, match=r"^MLflow store sqlite:///.*mlflow.db is not a readable MLflow database "
+                       r"\(file is not a database\); move the file aside"):  # fmt: skip
+        store.configure()
+
+
+def test_store_failures_inside_a_run_are_one_line(mlflow_store: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    refused = r"refused the request: RESOURCE_LIMIT: too many metrics$"
+    with pytest.raises(ValueError, match=refused), runs.start_run("store-errors", {}):
+        raise MlflowException("RESOURCE_LIMIT: too many metrics")
+    message = store.describe_store_error(OSError("(sqlite3.OperationalError) database or disk is full"), "sqlite:///x")
+    assert message == "MLflow store sqlite:///x: no space left on its disk; free some and rerun"
