@@ -177,9 +177,13 @@ def _reason(error: Exception) -> str:
 
 
 # First bytes of the formats `FORMATS` holds, and of image formats it does not (rejected with a reason).
+# First bytes of image formats `FORMATS` does not hold (rejected with what to do), and of the ones it does.
+_UNSUPPORTED_SIGNATURES = {
+    b"\xff\x0a": "JPEG XL", b"\x00\x00\x00\x0cJXL ": "JPEG XL", b"8BPS": "Photoshop",
+}  # fmt: skip
 _SIGNATURES = (
     b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"\x00\x00\x00\x0cjP  ",
-    b"\xff\x4f\xff\x51", b"8BPS", b"\xff\x0a", b"\x00\x00\x00\x0cJXL ",
+    b"\xff\x4f\xff\x51", *_UNSUPPORTED_SIGNATURES,
 )  # fmt: skip
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
 
@@ -208,9 +212,7 @@ def describe_content(data: bytes) -> str:
     if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
         return "a HEIF/AVIF file the decoder could not read"
     for signature, name in (
-        (b"\xff\x0a", "JPEG XL"),
-        (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
-        (b"8BPS", "Photoshop"),
+        *_UNSUPPORTED_SIGNATURES.items(),
         (b"<svg", "SVG"),
         (b"<?xml", "XML (SVG?)"),
         (b"%PDF", "PDF"),
