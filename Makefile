@@ -36,7 +36,8 @@ ui: $(INSTALLED) ## Open the MLflow UI on 127.0.0.1:$(PORT) against the project'
 	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port $(PORT)
 
 predict: $(INSTALLED) ## Predict 8 test-split images, written as PNG files to samples/, with the exported SavedModel
-	python -m image_classification.data.samples --dataset data/split/test.npz --count 8 --output samples/test
+	python -m image_classification.data.samples --dataset data/prepared --membership data/split/membership.npz \
+		--count 8 --output samples/test
 	python -m image_classification.serving.predict samples/test
 
 serve: $(INSTALLED) ## Serve the registered $(MODEL)@champion over REST on 127.0.0.1:$(SERVE_PORT) (mlflow models serve)

@@ -12,14 +12,9 @@ import json
 import os
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-
-from image_classification.data.dataset import Dataset
 
 
 @contextlib.contextmanager
@@ -57,35 +52,3 @@ def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], fieldnames: Sequ
         writer = csv.DictWriter(handle, fieldnames=fieldnames)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def save_dataset(path: str | Path, dataset: Dataset) -> None:
-    """Write a dataset as an uncompressed .npz holding images, labels and class_names."""
-    with atomic_path(path) as staged, staged.open("wb") as handle:
-        np.savez(
-            handle,
-            images=dataset.images,
-            labels=dataset.labels,
-            class_names=np.array(dataset.class_names, dtype=np.str_),
-        )
-
-
-def load_dataset(path: str | Path) -> Dataset:
-    """Read a dataset written by `save_dataset`, without unpickling anything.
-
-    Raises:
-        ValueError: the file is missing, is not an .npz archive, or lacks one of the arrays.
-    """
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except FileNotFoundError as error:
-        raise ValueError(f"{path}: no such dataset file; run the stage that writes it first") from error
-    except (ValueError, TypeError, zipfile.BadZipFile, OSError, EOFError) as error:
-        # numpy reads a non-zip file as a pickle and refuses it; an object array is refused too.
-        raise ValueError(f"{path}: not a readable .npz dataset ({error})") from error
-    missing = {"images", "labels", "class_names"} - set(arrays)
-    if missing:
-        raise ValueError(f"{path}: missing arrays {sorted(missing)}; found {sorted(arrays)}")
-    return Dataset(arrays["images"], arrays["labels"], tuple(str(name) for name in arrays["class_names"]))

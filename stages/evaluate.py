@@ -16,7 +16,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--model-dir", type=Path, required=True, help="folder written by the train stage")
-    parser.add_argument("--test", type=Path, required=True, help="test split (.npz)")
+    parser.add_argument("--dataset", type=Path, required=True, help="prepared dataset folder (shards)")
+    parser.add_argument("--membership", type=Path, required=True, help="split membership written by split (.npz)")
     parser.add_argument("--metrics", type=Path, required=True, help="headline metrics to write (.json)")
     parser.add_argument("--per-class", type=Path, required=True, help="per-class metrics to write (.csv)")
     parser.add_argument("--confusion", type=Path, required=True, help="actual/predicted pairs to write (.csv)")
@@ -24,7 +25,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     summary = evaluate_model(
-        params.evaluate, args.model_dir, args.test, args.metrics, args.per_class, args.confusion, args.figure
+        params.evaluate,
+        args.model_dir,
+        args.dataset,
+        args.membership,
+        args.metrics,
+        args.per_class,
+        args.confusion,
+        args.figure,
     )
     print(
         f"evaluate: test accuracy {summary['accuracy']:.4f}, loss {summary['loss']:.4f}, "

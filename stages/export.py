@@ -16,7 +16,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.export", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--model-dir", type=Path, required=True, help="folder written by the train stage")
-    parser.add_argument("--test", type=Path, required=True, help="test split (.npz) to verify the export on")
+    parser.add_argument("--dataset", type=Path, required=True, help="prepared dataset folder (shards)")
+    parser.add_argument("--membership", type=Path, required=True, help="split membership written by split (.npz)")
     parser.add_argument("--metrics", type=Path, required=True, help="test metrics written by evaluate (.json)")
     parser.add_argument("--data-statistics", type=Path, required=True, help="statistics written by prepare (.json)")
     parser.add_argument("--output", type=Path, required=True, help="SavedModel version folder to write")
@@ -25,7 +26,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     report = export_model(
-        params, args.model_dir, args.test, args.metrics, args.data_statistics, args.output, args.card, args.report
+        params,
+        args.model_dir,
+        args.dataset,
+        args.membership,
+        args.metrics,
+        args.data_statistics,
+        args.output,
+        args.card,
+        args.report,
     )
     print(
         f"export: SavedModel -> {args.output}; reloaded in a fresh process, {report['images_checked']} test "

@@ -1,4 +1,4 @@
-"""DVC stage `split`: stratified, deterministic train/validation/test split with no shared images."""
+"""DVC stage `split`: stratified, deterministic train/validation/test membership with no shared images."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ from image_classification.data.split import SPLITS, split_dataset
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.split", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--dataset", type=Path, required=True, help="prepared dataset (.npz)")
-    for name in SPLITS:
-        parser.add_argument(f"--{name}", type=Path, required=True, help=f"{name} split to write (.npz)")
+    parser.add_argument("--dataset", type=Path, required=True, help="prepared dataset folder (shards)")
+    parser.add_argument(
+        "--membership", type=Path, required=True, help="rows of each split to write (.npz: train, validation, test)"
+    )
     parser.add_argument("--report", type=Path, required=True, help="split report to write (.json)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    report = split_dataset(params.split, args.dataset, {name: getattr(args, name) for name in SPLITS}, args.report)
+    report = split_dataset(params.split, args.dataset, args.membership, args.report)
     sizes = ", ".join(f"{name} {report['splits'][name]['images']}" for name in SPLITS)
     print(f"split: {sizes}; {report['duplicates_kept_together']} duplicate images kept with their twin")
 

@@ -19,8 +19,8 @@ from image_classification.modeling.training import train_model
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--train", type=Path, required=True, help="train split (.npz)")
-    parser.add_argument("--validation", type=Path, required=True, help="validation split (.npz)")
+    parser.add_argument("--dataset", type=Path, required=True, help="prepared dataset folder (shards)")
+    parser.add_argument("--membership", type=Path, required=True, help="split membership written by split (.npz)")
     parser.add_argument("--model-dir", type=Path, required=True, help="folder to write the model into")
     parser.add_argument("--history", type=Path, required=True, help="per-epoch history to write (.csv)")
     parser.add_argument("--summary", type=Path, required=True, help="training summary to write (.json)")
@@ -35,8 +35,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     summary = train_model(
         params,
-        args.train,
-        args.validation,
+        args.dataset,
+        args.membership,
         args.model_dir,
         args.history,
         args.summary,

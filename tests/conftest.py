@@ -18,7 +18,9 @@ import pytest
 import yaml
 
 from image_classification.config import Params, parse_params
-from image_classification.data.dataset import Dataset
+from image_classification.data.dataset import Dataset, content_hashes
+from image_classification.data.shards import ShardWriter, open_dataset
+from image_classification.data.split import read_membership
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -41,6 +43,20 @@ def make_images(classes: int = 3, per_class: int = 20, size: int = 12, channels:
         images[row, label * band : (label + 1) * band, :, :] = 220
     order = rng.permutation(len(labels))
     return Dataset(images[order], labels[order].astype(np.int64), tuple(f"class_{index}" for index in range(classes)))
+
+
+def write_shards(folder: Path, dataset: Dataset) -> Path:
+    """Write `dataset` as a prepared dataset (shards) at `folder`, as the prepare stage would; returns `folder`."""
+    with ShardWriter(folder, dataset.images.shape[1:], dataset.class_names) as writer:
+        writer.add(dataset.images, dataset.labels, content_hashes(dataset.images))
+    return folder
+
+
+def split_images(paths: dict[str, Path], name: str) -> Dataset:
+    """The images and labels of split `name` ("train", "validation" or "test") of a pipeline's outputs, in row order."""
+    with open_dataset(paths["dataset"]) as data:
+        rows = read_membership(paths["membership"], data)[name]
+        return Dataset(data.read(rows), data.labels[rows], data.class_names)
 
 
 @contextlib.contextmanager

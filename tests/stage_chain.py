@@ -18,11 +18,9 @@ from image_classification.serving import export
 def run_stage_chain(params: Params, root: Path) -> dict[str, Path]:
     """Run the five stages' library functions in order under `root`, at the paths dvc.yaml gives them."""
     paths = {
-        "dataset": root / "data/prepared/dataset.npz",
+        "dataset": root / "data/prepared",
         "statistics": root / "reports/data/statistics.json",
-        "train": root / "data/split/train.npz",
-        "validation": root / "data/split/validation.npz",
-        "test": root / "data/split/test.npz",
+        "membership": root / "data/split/membership.npz",
         "split_report": root / "reports/data/split.json",
         "model": root / "models/trained",
         "history": root / "reports/train/history.csv",
@@ -38,16 +36,11 @@ def run_stage_chain(params: Params, root: Path) -> dict[str, Path]:
         "export_report": root / "reports/export/report.json",
     }
     prepare.prepare_dataset(params.data, paths["dataset"], paths["statistics"])
-    split.split_dataset(
-        params.split,
-        paths["dataset"],
-        {name: paths[name] for name in ("train", "validation", "test")},
-        paths["split_report"],
-    )
+    split.split_dataset(params.split, paths["dataset"], paths["membership"], paths["split_report"])
     training.train_model(
         params,
-        paths["train"],
-        paths["validation"],
+        paths["dataset"],
+        paths["membership"],
         paths["model"],
         paths["history"],
         paths["summary"],
@@ -57,7 +50,8 @@ def run_stage_chain(params: Params, root: Path) -> dict[str, Path]:
     evaluation.evaluate_model(
         params.evaluate,
         paths["model"],
-        paths["test"],
+        paths["dataset"],
+        paths["membership"],
         paths["metrics"],
         paths["per_class"],
         paths["confusion"],
@@ -72,7 +66,8 @@ def export_run(params: Params, paths: dict[str, Path], output: Path, report: Pat
     return export.export_model(
         params,
         paths["model"],
-        paths["test"],
+        paths["dataset"],
+        paths["membership"],
         paths["metrics"],
         paths["statistics"],
         output,

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 DIGIT_CLASS_NAMES = tuple(str(digit) for digit in range(10))
+# Bytes of the content hash that finds exact copies (BLAKE2b-128).
+HASH_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def validate(dataset: Dataset, source: str = "", array_names: tuple[str, str] = 
     Raises:
         ValueError: with a message saying what is wrong and what is expected.
     """
-    images, labels, class_names = dataset.images, dataset.labels, dataset.class_names
+    images, labels = dataset.images, dataset.labels
     x, y = array_names
     where = f"{source}: " if source else ""
     if images.ndim != 4:
@@ -96,17 +98,27 @@ def validate(dataset: Dataset, source: str = "", array_names: tuple[str, str] = 
         raise ValueError(f"{where}{x} must be uint8 pixels 0..255, got {images.dtype}")
     if images.shape[3] not in (1, 3):
         raise ValueError(f"{where}{x} must have 1 or 3 channels, got {images.shape[3]}")
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{where}{y} must be 1-D integer labels, got {labels.dtype} of shape {labels.shape}")
-    if len(labels) != len(images):
+    if labels.ndim == 1 and len(labels) != len(images):
         raise ValueError(f"{where}{x} holds {len(images)} images but {y} holds {len(labels)} labels; they must match")
+    validate_labels(labels, dataset.class_names, source, y)
+
+
+def validate_labels(labels: np.ndarray, class_names: Sequence[str], source: str = "", name: str = "labels") -> None:
+    """Check that (N,) integer `labels` index at least 2 unique `class_names`, each with an image.
+
+    Raises:
+        ValueError: with a message naming `source` and what is wrong.
+    """
+    where = f"{source}: " if source else ""
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}{name} must be 1-D integer labels, got {labels.dtype} of shape {labels.shape}")
     if len(class_names) < 2:
         raise ValueError(f"{where}a classifier needs at least 2 classes, got {len(class_names)}: {list(class_names)}")
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"{where}class names must be unique, got {list(class_names)}")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
         raise ValueError(
-            f"{where}{y} must lie in 0..{len(class_names) - 1} to index the {len(class_names)} class names, "
+            f"{where}{name} must lie in 0..{len(class_names) - 1} to index the {len(class_names)} class names, "
             f"got {labels.min()}..{labels.max()}"
         )
     missing = sorted(set(range(len(class_names))) - set(np.unique(labels).tolist()))
@@ -160,39 +172,65 @@ def stratified_sample(labels: np.ndarray, size: int, seed: int, class_names: Seq
 
 
 def statistics(dataset: Dataset) -> dict:
-    """Summarize a dataset: class counts and balance, image shape, pixel mean/std (0..255) and duplicates.
+    """Summarize a dataset held in memory; `summarize` says what each figure means."""
+    mean, std = pixel_mean_std(dataset.images)
+    return summarize(
+        dataset.labels,
+        content_hashes(dataset.images),
+        dataset.class_names,
+        dataset.images.shape[1:],
+        int((flat_values(dataset.images) >= 0).sum()),
+        mean,
+        std,
+    )
+
+
+def summarize(
+    labels: np.ndarray,
+    hashes: np.ndarray,
+    class_names: Sequence[str],
+    image_shape: Sequence[int],
+    constant: int,
+    mean: float | None,
+    std: float | None,
+) -> dict:
+    """The prepare stage's statistics: class counts and balance, image shape, pixel mean/std (0..255), duplicates.
 
     `duplicates` counts images identical to an earlier one; `conflicting_duplicates` counts those whose
-    label differs from that earlier image's; `constant_images` counts images of a single flat colour.
-    `class_balance.ratio` is the largest class over the smallest.
+    label differs from that earlier image's; `constant_images` (`constant`) counts images of a single
+    flat colour. `class_balance.ratio` is the largest class over the smallest.
+
+    Args:
+        labels: (N,) integer labels.
+        hashes: (N, 16) uint8 content hashes (`content_hashes`).
+        class_names: the names the labels index.
+        image_shape: (height, width, channels).
+        constant: how many images are a single flat colour.
+        mean: mean pixel value, or None for no images.
+        std: standard deviation of the pixel values, or None for no images.
     """
-    counts = np.bincount(dataset.labels, minlength=len(dataset.class_names))
-    mean, std = pixel_mean_std(dataset.images)
-    first_label: dict[str, int] = {}
-    duplicates = conflicting = 0
-    for content, label in zip(content_hashes(dataset.images), dataset.labels.tolist(), strict=True):
-        if content in first_label:
-            duplicates += 1
-            conflicting += first_label[content] != label
-        else:
-            first_label[content] = label
+    counts = np.bincount(labels, minlength=len(class_names))
+    first = duplicate_groups(hashes)
+    copies = first != np.arange(len(labels))
+    duplicates = int(copies.sum())
+    conflicting = int((labels[copies] != labels[first[copies]]).sum()) if duplicates else 0
     smallest, largest = (int(np.argmin(counts)), int(np.argmax(counts))) if len(counts) else (0, 0)
     return {
-        "images": len(dataset),
-        "image_shape": list(dataset.images.shape[1:]),
-        "classes": len(dataset.class_names),
-        "class_names": list(dataset.class_names),
-        "count_per_class": {name: int(count) for name, count in zip(dataset.class_names, counts, strict=True)},
+        "images": len(labels),
+        "image_shape": [int(side) for side in image_shape],
+        "classes": len(class_names),
+        "class_names": list(class_names),
+        "count_per_class": {name: int(count) for name, count in zip(class_names, counts, strict=True)},
         "class_balance": {
-            "smallest_class": dataset.class_names[smallest] if len(counts) else None,
+            "smallest_class": class_names[smallest] if len(counts) else None,
             "smallest_count": int(counts[smallest]) if len(counts) else 0,
-            "largest_class": dataset.class_names[largest] if len(counts) else None,
+            "largest_class": class_names[largest] if len(counts) else None,
             "largest_count": int(counts[largest]) if len(counts) else 0,
             "ratio": round(float(counts[largest] / counts[smallest]), 4) if len(counts) and counts[smallest] else None,
         },
         "duplicates": duplicates,
         "conflicting_duplicates": conflicting,
-        "constant_images": constant_images(dataset.images),
+        "constant_images": constant,
         "pixel_mean": None if mean is None else round(mean, 4),
         "pixel_std": None if std is None else round(std, 4),
     }
@@ -215,23 +253,48 @@ def pixel_mean_std(images: np.ndarray, chunk: int = 1024) -> tuple[float | None,
     return mean, (squares / count) ** 0.5
 
 
+def flat_values(images: np.ndarray) -> np.ndarray:
+    """For each (H, W, C) image, its one value when every pixel and channel holds it, else -1: (N,) int16."""
+    flat = images.reshape(len(images), -1)
+    if not flat.size:
+        return np.full(len(images), -1, dtype=np.int16)
+    constant = flat.min(axis=1) == flat.max(axis=1)
+    return np.where(constant, flat[:, 0].astype(np.int16), np.int16(-1))
+
+
 def constant_images(images: np.ndarray) -> int:
     """How many of the (N, H, W, C) images hold one value in every pixel and channel."""
-    flat = images.reshape(len(images), -1)
-    return int((flat.min(axis=1) == flat.max(axis=1)).sum()) if flat.size else 0
+    return int((flat_values(images) >= 0).sum())
 
 
-def conflicting_groups(labels: np.ndarray, hashes: list[str]) -> list[list[int]]:
+def content_hashes(images: np.ndarray) -> np.ndarray:
+    """BLAKE2b-128 of each (H, W, C) image's pixels: (N, 16) uint8; equal rows mean identical images."""
+    hashes = np.empty((len(images), HASH_BYTES), dtype=np.uint8)
+    for row, image in enumerate(images):
+        digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=HASH_BYTES).digest()
+        hashes[row] = np.frombuffer(digest, dtype=np.uint8)
+    return hashes
+
+
+def duplicate_groups(hashes: np.ndarray) -> np.ndarray:
+    """For each row, the first row with the same content hash (itself when it is the first): (N,) int64."""
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint8).reshape(len(hashes), HASH_BYTES)
+    if not len(hashes):
+        return np.zeros(0, dtype=np.int64)
+    keys = hashes.view(np.dtype((np.void, HASH_BYTES))).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return first[inverse.reshape(-1)].astype(np.int64)
+
+
+def conflicting_groups(labels: np.ndarray, hashes: np.ndarray) -> list[list[int]]:
     """Rows of identical images that carry more than one label, one list per image, in row order."""
-    rows_of: dict[str, list[int]] = {}
-    for row, content in enumerate(hashes):
-        rows_of.setdefault(content, []).append(row)
-    return [rows for rows in rows_of.values() if len(rows) > 1 and len(set(labels[rows].tolist())) > 1]
-
-
-def content_hashes(images: np.ndarray) -> list[str]:
-    """Hash each image's pixels so exact duplicates can be found."""
-    return [hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest() for image in images]
+    first = duplicate_groups(hashes)
+    groups = []
+    for group in np.unique(first[first != np.arange(len(first))]):
+        rows = np.flatnonzero(first == group)
+        if len(np.unique(labels[rows])) > 1:
+            groups.append(rows.tolist())
+    return groups
 
 
 def digest(*arrays: np.ndarray) -> str:

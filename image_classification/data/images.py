@@ -103,12 +103,13 @@ class ImageSpec:
             raise ValueError(f"background must be one of {list(config.BACKGROUNDS)}, got {self.background!r}")
 
 
-def decode_image(source: bytes | str | os.PathLike, spec: ImageSpec) -> np.ndarray:
+def decode_image(source: bytes | str | os.PathLike, spec: ImageSpec, name: str | None = None) -> np.ndarray:
     """Decode an image file's bytes (or the file at a path) into a `spec.height x spec.width x spec.channels` array.
 
     Args:
         source: the encoded file contents, or the path of the file.
         spec: target size, channels, interpolation and aspect rule.
+        name: the file's name when `source` is its contents, for the formats refused by name.
 
     Returns:
         A C-contiguous uint8 array of shape (height, width, channels).
@@ -119,10 +120,10 @@ def decode_image(source: bytes | str | os.PathLike, spec: ImageSpec) -> np.ndarr
             message says which, and what to do.
     """
     _register_heif()
-    if not isinstance(source, bytes):
-        reason = UNSUPPORTED_SUFFIXES.get(os.path.splitext(os.fspath(source))[1].lower())
-        if reason:
-            raise ValueError(reason)
+    named = name if isinstance(source, bytes) else os.fspath(source)
+    reason = UNSUPPORTED_SUFFIXES.get(os.path.splitext(named)[1].lower()) if named else None
+    if reason:
+        raise ValueError(reason)
     data = source if isinstance(source, bytes) else _read(Path(source))
     if not data:
         raise ValueError("empty file (0 bytes)")

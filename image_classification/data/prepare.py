@@ -1,23 +1,26 @@
-"""The prepare stage's work: load the source images, validate them and write the normalized dataset."""
+"""The prepare stage's work: load the source images, validate them and write the prepared dataset's shards."""
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from image_classification import artifacts
 from image_classification.config import DataParams
 from image_classification.data import dataset as dataset_lib
-from image_classification.data import images, sources
-from image_classification.data.dataset import Dataset
+from image_classification.data import images, shards, sources
 
 logger = logging.getLogger(__name__)
 
 # The statistics list at most this many rejected or ignored files each; the counts are always complete.
 MAX_LISTED = 1000
+# Bytes of decoded images read from the source per chunk while writing shards.
+READ_BYTES = 32 * 2**20
 
 
 def prepare_dataset(
@@ -27,19 +30,24 @@ def prepare_dataset(
     raw_dir: Path | None = None,
     workers: int | None = None,
     progress: bool = True,
+    cache_path: Path | None = None,
 ) -> dict:
-    """Load the source chosen by `data.source`, validate and optionally subsample it; write it and its statistics.
+    """Load the source chosen by `data.source`, validate and optionally subsample it; write its shards and statistics.
 
     Images that are the same after decoding but sit under two classes are rejected like unreadable
-    files: left out under `data.on_bad_file: skip`, the stage stops under `fail`.
+    files: left out under `data.on_bad_file: skip`, the stage stops under `fail`. Memory holds a
+    chunk of images at a time for an image folder; the array sources hold their arrays.
 
     Args:
         data: the `data` params.
-        output: the dataset file to write (.npz of uint8 NHWC images, int64 labels, class names).
+        output: the prepared dataset's folder to write (`shards`: uint8 NHWC images in shards of
+            bounded size, int64 labels, content hashes, class names).
         statistics_path: the statistics to write (.json), with the data version the train stage logs.
         raw_dir: the folder the image_folder, npz and idx sources read (DVC tracks it).
         workers: processes decoding an image folder; all available cores when None.
-        progress: show a progress bar on stderr while decoding.
+        progress: show progress bars on stderr while hashing, decoding and writing.
+        cache_path: the decoded-image cache (`decode_cache`) that lets an image folder be prepared
+            again decoding only new or changed files; none kept when None.
 
     Returns:
         The statistics written to `statistics_path`.
@@ -49,12 +57,10 @@ def prepare_dataset(
             a dataset that cannot train a classifier (fewer than 2 classes), or one that is
             degenerate (most images flat or copies, `refuse_degenerate`).
     """
-    loaded = load(data, raw_dir, workers, progress)
-    dataset = loaded.dataset
-    dataset_lib.validate(dataset, loaded.version.path)
-    hashes = dataset_lib.content_hashes(dataset.images)
-    refuse_degenerate(dataset, hashes, loaded)
-    conflicting = conflicting_copies(loaded, hashes)
+    loaded = load(data, raw_dir, workers, progress, cache_path)
+    dataset_lib.validate_labels(loaded.labels, loaded.class_names, loaded.version.path)
+    refuse_degenerate(loaded)
+    conflicting = conflicting_copies(loaded)
     rejected = [*loaded.rejected, *conflicting]
     if rejected:
         first = rejected[0]
@@ -70,39 +76,67 @@ def prepare_dataset(
     for problem in loaded.ignored:
         if problem.file.endswith("/"):
             logger.warning("%s: %s", problem.file, problem.reason)
+    kept = np.arange(len(loaded), dtype=np.int64)
     if conflicting:
-        left_out = {row for rows in dataset_lib.conflicting_groups(dataset.labels, hashes) for row in rows}
-        kept = np.array([row for row in range(len(dataset)) if row not in left_out], dtype=np.int64)
-        dataset = dataset.subset(kept)
-        dataset_lib.validate(dataset, f"{loaded.version.path} (without the images of two classes)")
-    if data.max_images is not None and data.max_images < len(dataset):
-        dataset = dataset.subset(
-            dataset_lib.stratified_sample(dataset.labels, data.max_images, data.seed, dataset.class_names)
+        left_out = [row for rows in dataset_lib.conflicting_groups(loaded.labels, loaded.hashes) for row in rows]
+        kept = np.setdiff1d(kept, left_out)
+        dataset_lib.validate_labels(
+            loaded.labels[kept], loaded.class_names, f"{loaded.version.path} (without the images of two classes)"
         )
-        dataset_lib.validate(dataset, f"{loaded.version.path} (data.max_images = {data.max_images})")
+    if data.max_images is not None and data.max_images < len(kept):
+        kept = kept[dataset_lib.stratified_sample(loaded.labels[kept], data.max_images, data.seed, loaded.class_names)]
+        dataset_lib.validate_labels(
+            loaded.labels[kept], loaded.class_names, f"{loaded.version.path} (data.max_images = {data.max_images})"
+        )
+    mean, std = write_shards(loaded, kept, output, progress)
     statistics = {
         "source": data.source,
         "data_version": loaded.version.to_json(),
-        **dataset_lib.statistics(dataset),
+        **dataset_lib.summarize(
+            loaded.labels[kept],
+            loaded.hashes[kept],
+            loaded.class_names,
+            loaded.image_shape,
+            int((loaded.flat[kept] >= 0).sum()),
+            mean,
+            std,
+        ),
         "rejected_count": len(rejected),
         "rejected": [vars(problem) for problem in rejected[:MAX_LISTED]],
         "ignored_count": len(loaded.ignored),
         "ignored": [vars(problem) for problem in loaded.ignored[:MAX_LISTED]],
         "hidden_skipped": loaded.hidden,
     }
-    artifacts.save_dataset(output, dataset)
     artifacts.write_json(statistics_path, statistics)
     return statistics
 
 
-def conflicting_copies(loaded: sources.Loaded, hashes: list[str]) -> list[sources.Problem]:
+def write_shards(loaded: sources.Loaded, rows: np.ndarray, output: Path, progress: bool = True) -> tuple:
+    """Write `rows` of `loaded`, in order, as the prepared dataset at `output`, a bounded chunk at a time.
+
+    Returns:
+        The pixel mean and standard deviation (0..255) of the rows written, or (None, None) for none.
+    """
+    chunk = max(1, READ_BYTES // int(np.prod(loaded.image_shape)))
+    bar = tqdm(
+        total=len(rows), desc="writing shards", unit="img", file=sys.stderr, disable=not progress, leave=False, delay=2
+    )
+    with bar, artifacts.atomic_path(output) as staged:
+        with shards.ShardWriter(staged, loaded.image_shape, loaded.class_names) as writer:
+            for start in range(0, len(rows), chunk):
+                part = rows[start : start + chunk]
+                writer.add(loaded.images.read(part), loaded.labels[part], loaded.hashes[part])
+                bar.update(len(part))
+        return writer.pixel_mean_std()
+
+
+def conflicting_copies(loaded: sources.Loaded) -> list[sources.Problem]:
     """One problem per image whose identical copy carries another label: such an image cannot be learned."""
-    dataset = loaded.dataset
     problems = []
-    for rows in dataset_lib.conflicting_groups(dataset.labels, hashes):
+    for rows in dataset_lib.conflicting_groups(loaded.labels, loaded.hashes):
         for row in rows:
             others = ", ".join(
-                f"{loaded.describe(other)} ({dataset.class_names[dataset.labels[other]]})"
+                f"{loaded.describe(other)} ({loaded.class_names[loaded.labels[other]]})"
                 for other in rows
                 if other != row
             )
@@ -111,34 +145,39 @@ def conflicting_copies(loaded: sources.Loaded, hashes: list[str]) -> list[source
     return problems
 
 
-def refuse_degenerate(dataset: Dataset, hashes: list[str], loaded: sources.Loaded) -> None:
+def refuse_degenerate(loaded: sources.Loaded) -> None:
     """Stop when the decoded images cannot train anything: most of them flat, or most of them copies.
 
     Raises:
         ValueError: naming how many images, the first one concerned and what to check.
     """
-    flat = dataset.images.reshape(len(dataset), -1)
-    constant = np.flatnonzero(flat.min(axis=1) == flat.max(axis=1))
-    if len(constant) > len(dataset) // 2:
-        value = int(flat[constant[0], 0])
+    count = len(loaded)
+    constant = np.flatnonzero(loaded.flat >= 0)
+    if len(constant) > count // 2:
+        value = int(loaded.flat[constant[0]])
         raise ValueError(
-            f"{len(constant)} of {len(dataset)} images decode to a single flat colour (pixel value {value}; first: "
+            f"{len(constant)} of {count} images decode to a single flat colour (pixel value {value}; first: "
             f"{loaded.describe(int(constant[0]))}); check the files, data.channels, and data.background (shapes of "
             "its colour on a transparent background vanish)"
         )
-    first_row: dict[str, int] = {}
-    copies = [(first_row.setdefault(content, row), row) for row, content in enumerate(hashes)]
-    copies = [(original, row) for original, row in copies if original != row]
-    if len(copies) > len(dataset) // 2:
-        original, row = copies[0]
+    first = dataset_lib.duplicate_groups(loaded.hashes)
+    copies = np.flatnonzero(first != np.arange(count))
+    if len(copies) > count // 2:
+        row = int(copies[0])
         raise ValueError(
-            f"{len(copies)} of {len(dataset)} images are exact copies of another after decoding (first: "
-            f"{loaded.describe(row)} = {loaded.describe(original)}); check for copied files, and that "
+            f"{len(copies)} of {count} images are exact copies of another after decoding (first: "
+            f"{loaded.describe(row)} = {loaded.describe(int(first[row]))}); check for copied files, and that "
             "data.image_height, data.image_width, data.channels and data.background keep what tells them apart"
         )
 
 
-def load(data: DataParams, raw_dir: Path | None, workers: int | None = None, progress: bool = True) -> sources.Loaded:
+def load(
+    data: DataParams,
+    raw_dir: Path | None,
+    workers: int | None = None,
+    progress: bool = True,
+    cache_path: Path | None = None,
+) -> sources.Loaded:
     """Read the dataset `data.source` names, every image brought to the params' size and channels.
 
     Raises:
@@ -153,7 +192,7 @@ def load(data: DataParams, raw_dir: Path | None, workers: int | None = None, pro
         raise ValueError(f"data.source {data.source} reads a folder; pass it with --raw (dvc.yaml passes data/raw)")
     if data.source == "image_folder":
         workers = workers or len(os.sched_getaffinity(0))
-        return sources.load_image_folder(raw_dir, spec, workers=workers, progress=progress)
+        return sources.load_image_folder(raw_dir, spec, workers=workers, progress=progress, cache_path=cache_path)
     if data.source == "npz":
         return sources.load_npz(raw_dir, spec)
     return sources.load_idx(raw_dir, spec)

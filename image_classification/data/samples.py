@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image
 
 from image_classification import artifacts, runner
+from image_classification.data import shards, split
+from image_classification.data.split import SPLITS
 
 
 def request_body(images: np.ndarray) -> dict:
@@ -41,8 +43,17 @@ def pick(labels: np.ndarray, count: int) -> list[int]:
     return picked[:count]
 
 
-def run(dataset_path: Path, count: int, png_folder: Path | None = None, request: Path | None = None) -> list[str]:
+def run(
+    dataset_dir: Path,
+    membership: Path,
+    count: int,
+    png_folder: Path | None = None,
+    request: Path | None = None,
+    split_name: str = "test",
+) -> list[str]:
     """Write `count` images of a split as `<row>_<class name>.png` files and/or a request body.
+
+    `<row>` is the image's position in the split. Only the chosen images are read from the shards.
 
     The images are the first of each class in turn (class 0, 1, 2, ..., then each class's second),
     so a handful of them covers the classes even when the split is sorted by class.
@@ -53,39 +64,46 @@ def run(dataset_path: Path, count: int, png_folder: Path | None = None, request:
         The names of the images, in order.
 
     Raises:
-        ValueError: the dataset cannot be read, `count` is below 1, or there is nothing to write.
+        ValueError: the dataset or membership cannot be read, `count` is below 1, or there is nothing to write.
     """
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     if png_folder is None and request is None:
         raise ValueError("nothing to write: give a folder for PNG files, a request file, or both")
-    dataset = artifacts.load_dataset(dataset_path)
-    rows = pick(dataset.labels, count)
+    with shards.open_dataset(dataset_dir) as data:
+        members = split.read_membership(membership, data, (split_name,))[split_name]
+        split_labels = data.labels[members]
+        rows = pick(split_labels, count)
+        chosen = data.read(members[rows])
+        class_names = data.class_names
     # Class names such as "T-shirt/top" are not file names.
-    labels = [re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset.class_names[dataset.labels[row]]) for row in rows]
+    labels = [re.sub(r"[^A-Za-z0-9_.-]+", "-", class_names[split_labels[row]]) for row in rows]
     names = [f"{row:04d}_{label}.png" for row, label in zip(rows, labels, strict=True)]
     if png_folder is not None:
         with artifacts.atomic_path(png_folder) as staged:
             staged.mkdir()
-            for row, name in zip(rows, names, strict=True):
-                image = dataset.images[row]
+            for image, name in zip(chosen, names, strict=True):
                 Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(staged / name)
     if request is not None:
         with artifacts.atomic_path(request) as staged:
-            staged.write_text(json.dumps(request_body(dataset.images[rows])), encoding="utf-8")
+            staged.write_text(json.dumps(request_body(chosen)), encoding="utf-8")
     return names
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m image_classification.data.samples", description=__doc__)
-    parser.add_argument("--dataset", type=Path, required=True, help="dataset file (.npz), e.g. data/split/test.npz")
+    parser.add_argument("--dataset", type=Path, required=True, help="prepared dataset folder, e.g. data/prepared")
+    parser.add_argument(
+        "--membership", type=Path, required=True, help="split membership, e.g. data/split/membership.npz"
+    )
+    parser.add_argument("--split", choices=SPLITS, default="test", help="which split to take images from")
     parser.add_argument("--count", type=int, default=8, help="how many images, one class after another (default 8)")
     parser.add_argument("--output", type=Path, help="folder to write the images to as PNG files")
     parser.add_argument("--request", type=Path, help="file to write the images to as a REST request body (.json)")
     args = parser.parse_args(argv)
-    names = run(args.dataset, args.count, args.output, args.request)
+    names = run(args.dataset, args.membership, args.count, args.output, args.request, args.split)
     written = " and ".join(str(path) for path in (args.output, args.request) if path is not None)
-    print(f"samples: {len(names)} images of {args.dataset} -> {written}")
+    print(f"samples: {len(names)} images of the {args.split} split of {args.dataset} -> {written}")
 
 
 if __name__ == "__main__":

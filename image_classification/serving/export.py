@@ -9,26 +9,31 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
 
-from image_classification import artifacts, memory
+from image_classification import artifacts
 from image_classification.config import ExportParams, Params, RegistryParams, flatten
-from image_classification.data import dataset as dataset_lib
-from image_classification.data.dataset import Dataset, DataVersion
-from image_classification.modeling import trained_model
+from image_classification.data import shards, split
+from image_classification.data.dataset import DataVersion
+from image_classification.modeling import input_pipeline, trained_model
 from image_classification.serving import savedmodel
 from image_classification.serving.contract import ENDPOINT
 from image_classification.tracking import gate, registry, runs, signatures, store
+
+# Test images per batch in the parity check, in this process and in the fresh one.
+CHECK_BATCH = 256
 
 
 def export_model(
     params: Params,
     model_dir: Path,
-    test_path: Path,
+    dataset_dir: Path,
+    membership_path: Path,
     metrics_path: Path,
     statistics_path: Path,
     output: Path,
@@ -40,7 +45,8 @@ def export_model(
     Args:
         params: the whole params file; the model card records the sections that produced the model.
         model_dir: the train stage's folder (the Keras model and its MLflow run id).
-        test_path: the test split (.npz) the SavedModel is checked on.
+        dataset_dir: the prepared dataset (`shards`); the SavedModel is checked on its test rows.
+        membership_path: the split's membership (`split.write_membership`), naming the test rows.
         metrics_path: the evaluate stage's metrics (.json); its `accuracy` is the gate's test accuracy.
         statistics_path: the prepare stage's statistics (.json), for the data version.
         output: the SavedModel version folder to write, `<base>/<model_name>/<integer version>`.
@@ -55,22 +61,51 @@ def export_model(
             test set, or the reloaded SavedModel disagrees with the Keras model.
         OSError: the SavedModel cannot be written.
     """
-    export, registry_params = params.export, params.registry
     store.configure()  # a malformed or unreachable store fails here, before any heavy work
     model = trained_model.load_model(model_dir)
     run_id = trained_model.run_id(model_dir)
-    # The test images here and in the fresh process that checks the SavedModel.
-    memory.require(3 * memory.files_bytes(test_path), f"checking the export on {test_path}", memory.DATA_SIZE_FIX)
-    test_set = artifacts.load_dataset(test_path)
-    dataset_lib.validate(test_set, str(test_path))
+    with shards.open_dataset(dataset_dir, verify=True) as data:
+        rows = split.read_membership(membership_path, data, ("test",))["test"]
+        return _export(params, model, run_id, trained_model.run_file(model_dir), SplitRows(data, rows), metrics_path,
+                       statistics_path, output, card_path, report_path)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """The test rows of the prepared dataset, read a batch at a time."""
+
+    data: shards.ShardedDataset
+    rows: np.ndarray
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.data.class_names
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _export(
+    params: Params,
+    model: keras.Model,
+    run_id: str,
+    run_file: Path,
+    test_set: SplitRows,
+    metrics_path: Path,
+    statistics_path: Path,
+    output: Path,
+    card_path: Path,
+    report_path: Path,
+) -> dict:
+    export, registry_params = params.export, params.registry
     test_metrics = read_report(metrics_path, "evaluate")
     test_accuracy = evaluated_accuracy(test_metrics, len(test_set), metrics_path)
     data_version = DataVersion.from_json(
         read_report(statistics_path, "prepare").get("data_version", {}), str(statistics_path)
     )
-    test_digest = dataset_lib.digest(test_set.images, test_set.labels)
+    test_digest = split.split_digest(test_set.data, test_set.rows)
 
-    with runs.resume_run(run_id, source=trained_model.run_file(model_dir)):
+    with runs.resume_run(run_id, source=run_file):
         runs.log_params({**flatten(export, prefix="export."), **flatten(registry_params, prefix="registry.")})
         agreement, contract = write_verified_savedmodel(model, test_set, output, export.tolerance)
         mlflow.log_artifacts(str(output), f"savedmodel/{export.model_name}/{export.version}")
@@ -128,7 +163,7 @@ def evaluated_accuracy(test_metrics: dict, test_images: int, metrics_path: Path)
 
 
 def write_verified_savedmodel(
-    model: keras.Model, test_set: Dataset, output: Path, tolerance: float
+    model: keras.Model, test_set: SplitRows, output: Path, tolerance: float
 ) -> tuple[savedmodel.Agreement, dict]:
     """Write the SavedModel to `output` only once a fresh process has reloaded it and it agrees with Keras.
 
@@ -142,13 +177,14 @@ def write_verified_savedmodel(
         ValueError: the reloaded SavedModel disagrees with the Keras model.
         OSError: the SavedModel cannot be written (a full disk, for example).
     """
-    expected = model.predict(test_set.images, batch_size=256, verbose=0)
+    batches = input_pipeline.make_dataset(test_set.data, test_set.rows, len(test_set.class_names), CHECK_BATCH)
+    expected = model.predict(batches.map(lambda images, _: images), verbose=0)
     with artifacts.atomic_path(output) as staged:
         try:
             savedmodel.export_savedmodel(model, test_set.class_names, staged)
         except OSError as error:
             raise OSError(f"cannot write the SavedModel to {output}: {error}") from error
-        reloaded = predict_in_fresh_process(staged, test_set.images)
+        reloaded = predict_in_fresh_process(staged, test_set.data.folder, test_set.rows)
         agreement = savedmodel.compare(expected, reloaded["probabilities"])
         names_match = bool(
             [name.decode("utf-8") for name in reloaded["class_name"]]
@@ -165,15 +201,16 @@ def write_verified_savedmodel(
     return agreement, contract
 
 
-def predict_in_fresh_process(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Run `images` through the SavedModel at `path` in a new interpreter; its outputs as arrays.
+def predict_in_fresh_process(path: Path, dataset_dir: Path, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Run `rows` of the prepared dataset through the SavedModel at `path` in a new interpreter; its outputs as arrays.
 
     A fresh interpreter proves the SavedModel stands alone: nothing from this process's Keras
-    objects, custom layers or graph can leak into the reload.
+    objects, custom layers or graph can leak into the reload. It reads the images from the shards
+    itself, a batch at a time.
     """
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(savedmodel.predict_savedmodel, str(path), images).result()
+        return pool.submit(savedmodel.predict_shards, str(path), str(dataset_dir), rows, CHECK_BATCH).result()
 
 
 def judge(
@@ -193,7 +230,7 @@ def judge(
 
 
 def register_version(
-    output: Path, name: str, test_set: Dataset, test_accuracy: float, test_digest: str, decision: gate.Decision
+    output: Path, name: str, test_set: SplitRows, test_accuracy: float, test_digest: str, decision: gate.Decision
 ) -> int:
     """Add the SavedModel at `output` as a new version of registered model `name`, tagged with the gate's verdict.
 
@@ -203,8 +240,8 @@ def register_version(
     return registry.register(
         output,
         name,
-        signatures.serving_signature(test_set.images.shape[1:]),
-        test_set.images[:1],
+        signatures.serving_signature(test_set.data.image_shape),
+        test_set.data.read(test_set.rows[:1]),
         {
             registry.ACCURACY_TAG: str(test_accuracy),
             registry.TEST_DIGEST_TAG: test_digest,
@@ -233,7 +270,7 @@ def log_outcome(
 def model_card(
     params: Params,
     contract: dict,
-    test_set: Dataset,
+    test_set: SplitRows,
     data_version: DataVersion,
     test_metrics: dict,
     test_digest: str,

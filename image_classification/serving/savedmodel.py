@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
+from image_classification.data import shards
 from image_classification.serving.contract import CLASS_NAMES, ENDPOINT, INPUT_NAME, OUTPUTS
 
 
@@ -118,13 +119,34 @@ def classify(classifier: Classifier, images: np.ndarray) -> dict[str, np.ndarray
     return {name: outputs[name].numpy() for name in OUTPUTS}
 
 
-def predict_savedmodel(path: str | Path, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Run images through a SavedModel's `serve` endpoint, loaded with `tf.saved_model.load`."""
+def predict_savedmodel(
+    path: str | Path, images: np.ndarray | Iterable[np.ndarray], batch_size: int = 256
+) -> dict[str, np.ndarray]:
+    """Run images through a SavedModel's `serve` endpoint, loaded with `tf.saved_model.load`.
+
+    Args:
+        path: the SavedModel folder.
+        images: (N, H, W, C) uint8 images, run `batch_size` at a time, or an iterable of such batches.
+        batch_size: images per call when `images` is one array.
+
+    Returns:
+        Each output of `contract.OUTPUTS`, one row per image, in order.
+    """
     loaded = tf.saved_model.load(str(path))
-    batches = [
-        loaded.serve(tf.constant(images[start : start + batch_size])) for start in range(0, len(images), batch_size)
-    ]
-    return {name: np.concatenate([batch[name].numpy() for batch in batches]) for name in OUTPUTS}
+    if isinstance(images, np.ndarray):
+        images = (images[start : start + batch_size] for start in range(0, len(images), batch_size))
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUTS}
+    for batch in images:
+        result = loaded.serve(tf.constant(batch))
+        for name in OUTPUTS:
+            outputs[name].append(result[name].numpy())
+    return {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in outputs.items()}
+
+
+def predict_shards(path: str | Path, dataset_dir: str | Path, rows: np.ndarray, batch_size: int = 256) -> dict:
+    """`predict_savedmodel` on `rows` of the prepared dataset at `dataset_dir`, streamed a batch at a time."""
+    with shards.open_dataset(Path(dataset_dir)) as data:
+        return predict_savedmodel(path, data.batches(np.asarray(rows, dtype=np.int64), batch_size))
 
 
 def compare(keras_probabilities: np.ndarray, savedmodel_probabilities: np.ndarray) -> Agreement:
