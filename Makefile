@@ -12,7 +12,7 @@ MODEL ?= digits
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test ui predict serve lint format docs lock bench bench-prepare
+.PHONY: help install repro test ui predict serve lint format docs lock bench bench-prepare bench-scale
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,6 +49,9 @@ bench: $(INSTALLED) ## Benchmark training, dvc repro, memory and FLOPs against p
 
 bench-prepare: $(INSTALLED) ## Time prepare on 70,000 generated 28x28 PNG files
 	python benchmarks/prepare_images.py
+
+bench-scale: $(INSTALLED) ## Memory per stage, training speed and incremental prepare at 5,000 to 600,000 images (writes docs/scale.md)
+	python -m benchmarks.scale --output docs/scale.md
 
 lint: $(INSTALLED) ## Check style with ruff
 	ruff check .

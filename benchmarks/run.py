@@ -53,7 +53,10 @@ def measure(data_path: Path | None, quick: bool) -> dict:
     overrides = {"train": QUICK_TRAIN} if quick else {}
     settings: TrainParams = params.train.model_copy(update=overrides.get("train", {}))
     dataset = load_data(data_path)
-    parts, _ = split.partition(dataset, params.split)
+    indices = split.partition(
+        dataset.labels, dataset_lib.content_hashes(dataset.images), dataset.class_names, params.split
+    )
+    parts = {name: dataset.subset(getattr(indices, name)) for name in split.SPLITS}
     results: dict = {"images": len(dataset), "data": str(data_path) if data_path else "embedded 5,000 digits"}
 
     logger.info("1/5 throughput")

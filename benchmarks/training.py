@@ -8,6 +8,7 @@ whole `dvc repro` runs.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import statistics
@@ -23,6 +24,8 @@ import tensorflow as tf
 from keras import layers
 
 from image_classification.config import TrainParams
+from image_classification.data import dataset as dataset_lib
+from image_classification.data import shards
 from image_classification.data.dataset import Dataset
 from image_classification.modeling import architecture, checkpoints, input_pipeline, runtime, training
 
@@ -123,16 +126,31 @@ def _images_per_second(timer: EpochTimer, images: int) -> float:
     return images * (len(timer.seconds) - 1) / sum(timer.seconds[1:])
 
 
+def write_shards(folder: Path, *parts: Dataset) -> tuple[shards.ShardedDataset, list[np.ndarray]]:
+    """Write `parts` one after another as a prepared dataset in `folder`, as the prepare stage does.
+
+    Returns:
+        The opened dataset, and the rows of each part in it.
+    """
+    with shards.ShardWriter(folder, parts[0].images.shape[1:], parts[0].class_names) as writer:
+        for part in parts:
+            writer.add(part.images, part.labels, dataset_lib.content_hashes(part.images))
+    ends = np.cumsum([0, *(len(part) for part in parts)])
+    return shards.open_dataset(folder), [np.arange(start, end) for start, end in itertools.pairwise(ends)]
+
+
 def _pipeline_images_per_second(
     settings: TrainParams, train_set: Dataset, validation_set: Dataset, folder: Path
 ) -> float:
-    model = training.build_compiled_model(train_set, settings)
+    """The train stage's loop, streaming its batches from shards as `dvc repro` does."""
+    data, (train_rows, validation_rows) = write_shards(folder / "prepared", train_set, validation_set)
+    model = training.build_compiled_model(data.image_shape, len(data.class_names), len(train_rows), settings)
     checkpoint_path = folder / "checkpoint.npz"
     timer = EpochTimer()
-    with mlflow.start_run() as run:
+    with data, mlflow.start_run() as run:
         checkpoint = checkpoints.Checkpoint(key="benchmark", run_id=run.info.run_id)
         callbacks = [timer, *training.training_callbacks(settings, checkpoint_path, checkpoint)]
-        training.fit(model, train_set, validation_set, settings, callbacks, verbose=0)
+        training.fit(model, data, train_rows, validation_rows, settings, callbacks, verbose=0)
     return _images_per_second(timer, len(train_set))
 
 
@@ -195,8 +213,11 @@ def time_to_accuracy(
     """
     timer = EpochTimer()
     test_accuracy = TestAccuracy(test_set, timer)
-    model = training.build_compiled_model(train_set, settings)
-    training.fit(model, train_set, None, settings, [timer, test_accuracy], verbose=0)
+    with tempfile.TemporaryDirectory(prefix="bench-race-") as folder:
+        data, (train_rows,) = write_shards(Path(folder), train_set)
+        model = training.build_compiled_model(data.image_shape, len(data.class_names), len(train_rows), settings)
+        with data:
+            training.fit(model, data, train_rows, None, settings, [timer, test_accuracy], verbose=0)
     default_rows = test_accuracy.rows
 
     runtime.configure_runtime(settings.model_copy(update={"mixed_precision": False}))

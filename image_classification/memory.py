@@ -50,15 +50,6 @@ def require(needed: int, what: str, fix: str) -> None:
         raise ValueError(f"{what} needs about {gib(needed)} of memory and {gib(available)} is available; {fix}")
 
 
-# The params that drive the size of every array after prepare.
-DATA_SIZE_FIX = "lower data.image_height, data.image_width or data.channels, or set data.max_images"
-
-
-def files_bytes(*paths: Path) -> int:
-    """The total size of the files that exist among `paths`; an uncompressed .npz is about its arrays' size."""
-    return sum(path.stat().st_size for path in paths if path.is_file())
-
-
 def gib(size: int) -> str:
     """A byte count as GiB with two decimals, `3.07 GiB`."""
     return f"{size / 2**30:.2f} GiB"

@@ -3,11 +3,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from image_classification import artifacts
-from image_classification.data.dataset import Dataset
 
 
 def test_atomic_path_moves_file_into_place(tmp_path: Path) -> None:
@@ -55,44 +53,6 @@ def test_json_and_csv(tmp_path: Path) -> None:
     assert artifacts.read_json(tmp_path / "a.json") == {"accuracy": 0.5}
     artifacts.write_csv(tmp_path / "a.csv", [{"x": 1, "y": 2}], ("x", "y"))
     assert (tmp_path / "a.csv").read_text().splitlines() == ["x,y", "1,2"]
-
-
-def test_dataset_round_trip(tmp_path: Path, tiny_dataset: Dataset) -> None:
-    path = tmp_path / "data.npz"
-    artifacts.save_dataset(path, tiny_dataset)
-    loaded = artifacts.load_dataset(path)
-    assert np.array_equal(loaded.images, tiny_dataset.images)
-    assert np.array_equal(loaded.labels, tiny_dataset.labels)
-    assert loaded.class_names == tiny_dataset.class_names
-
-
-def test_load_dataset_refuses_pickled_arrays(tmp_path: Path) -> None:
-    path = tmp_path / "evil.npz"
-    np.savez(path, images=np.zeros((1, 2, 2, 1), np.uint8), labels=np.zeros(1), class_names=np.array([{"a": 1}]))
-    with pytest.raises(ValueError, match="allow_pickle"):
-        artifacts.load_dataset(path)
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        (None, "no such dataset file"),
-        (b"not a zip file", "not a readable .npz dataset"),
-    ],
-)
-def test_load_dataset_errors(tmp_path: Path, content: bytes | None, message: str) -> None:
-    path = tmp_path / "data.npz"
-    if content is not None:
-        path.write_bytes(content)
-    with pytest.raises(ValueError, match=message):
-        artifacts.load_dataset(path)
-
-
-def test_load_dataset_missing_arrays(tmp_path: Path) -> None:
-    path = tmp_path / "data.npz"
-    np.savez(path, x=np.zeros(3))
-    with pytest.raises(ValueError, match=r"missing arrays \['class_names', 'images', 'labels'\]"):
-        artifacts.load_dataset(path)
 
 
 def test_write_json_is_plain_json(tmp_path: Path) -> None:

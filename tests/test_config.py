@@ -148,8 +148,9 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 
 def test_stage_stops_on_bad_params_with_one_line_and_keeps_outputs(tmp_path: Path) -> None:
     path = write(tmp_path, merged(raw_params(), {"data": {"max_images": -5}}))
-    output = tmp_path / "dataset.npz"
-    output.write_bytes(b"previous output")
+    output = tmp_path / "prepared"
+    output.mkdir()
+    (output / "manifest.json").write_bytes(b"previous output")
     result = subprocess.run(
         [
             sys.executable,
@@ -171,7 +172,8 @@ def test_stage_stops_on_bad_params_with_one_line_and_keeps_outputs(tmp_path: Pat
     assert result.stderr.strip().splitlines() == [
         f"prepare: error: {path}: data.max_images = -5: Input should be greater than or equal to 10"
     ]
-    assert output.read_bytes() == b"previous output"
+    assert [path.name for path in output.iterdir()] == ["manifest.json"]
+    assert (output / "manifest.json").read_bytes() == b"previous output"
     assert not (tmp_path / "stats.json").exists()
 
 

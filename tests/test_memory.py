@@ -8,6 +8,8 @@ import pytest
 
 from image_classification import memory
 
+FIX = "convert it to an image folder, or split it into a smaller .npz"  # sources.NPZ_TOO_LARGE_FIX
+
 
 def test_available_memory_is_positive_and_at_most_the_machine() -> None:
     import psutil
@@ -30,15 +32,10 @@ def test_a_cgroup_limit_below_the_machine_wins(tmp_path: Path, monkeypatch: pyte
 
 def test_require_refuses_with_both_sizes_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory, "available_bytes", lambda: 2 * 2**30)
-    memory.require(2**30, "splitting data", memory.DATA_SIZE_FIX)
+    memory.require(2**30, "reading data", FIX)
     with pytest.raises(ValueError, match=r"needs about 3\.00 GiB") as caught:
-        memory.require(3 * 2**30, "splitting data/prepared/dataset.npz", memory.DATA_SIZE_FIX)
+        memory.require(3 * 2**30, "reading data/raw/digits.npz", FIX)
     assert str(caught.value) == (
-        "splitting data/prepared/dataset.npz needs about 3.00 GiB of memory and 2.00 GiB is available; lower "
-        "data.image_height, data.image_width or data.channels, or set data.max_images"
+        "reading data/raw/digits.npz needs about 3.00 GiB of memory and 2.00 GiB is available; convert it to an "
+        "image folder, or split it into a smaller .npz"
     )
-
-
-def test_files_bytes_counts_what_exists(tmp_path: Path) -> None:
-    (tmp_path / "a.npz").write_bytes(b"x" * 100)
-    assert memory.files_bytes(tmp_path / "a.npz", tmp_path / "missing.npz") == 100

@@ -29,10 +29,13 @@ def test_params_error_is_one_line_per_problem(capsys: pytest.CaptureFixture[str]
 
 def test_user_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     def main(argv):
-        raise ValueError("data/split/test.npz: no such dataset file")
+        raise ValueError("data/split/membership.npz: no split membership; run `dvc repro split`")
 
     assert runner.execute("evaluate", main) == runner.EXIT_ERROR
-    assert capsys.readouterr().err == "evaluate: error: data/split/test.npz: no such dataset file\n"
+    assert (
+        capsys.readouterr().err
+        == "evaluate: error: data/split/membership.npz: no split membership; run `dvc repro split`\n"
+    )
 
 
 def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,9 @@ Prepare decodes only the image files whose content it has not decoded under the 
 adding ten photos to a folder of 100,000 decodes ten. A key is the file's md5 (the hash DVC gives
 it), its lower-case suffix (a few formats are refused by name) and the decoding rules with the
 versions of the decoders, so the result is the one a prepare from scratch gives. Failures are
-cached with their reason, so a bad file is not decoded again either.
+cached with their reason, so a bad file is not decoded again either. Each file's md5 is kept with
+its size, modification time and inode, as DVC keeps them, so an unchanged file is not read again to
+be hashed.
 
 The cache lives outside DVC's outputs (dvc.yaml passes `cache/prepare/decoded.sqlite`); deleting it
 costs one full decode. SQLite serializes writers, so two experiments preparing at once share it
@@ -14,6 +16,7 @@ safely.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,6 +48,26 @@ class Entry:
     flat: int = -1
 
 
+@dataclass(frozen=True)
+class FileStat:
+    """A file's absolute path with the size (bytes), modification time (ns) and inode that tell it changed."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: str) -> FileStat:
+        """Stat the file at absolute path `path` (a string: this runs once per file of a large folder).
+
+        Raises:
+            OSError: the file cannot be stat'ed.
+        """
+        info = os.stat(path)
+        return cls(path, info.st_size, info.st_mtime_ns, info.st_ino)
+
+
 def rules_tag(spec: images.ImageSpec) -> str:
     """The decoding rules and decoder versions a cached image was made with, as part of its key."""
     try:
@@ -62,7 +85,7 @@ def rules_tag(spec: images.ImageSpec) -> str:
 
 def file_key(md5: str, name: str, tag: str) -> str:
     """The cache key of a file with content `md5`, called `name`, decoded under rules `tag`."""
-    suffix = Path(name).suffix.lower()
+    suffix = os.path.splitext(name)[1].lower()
     return f"{md5}:{suffix}:{tag}"
 
 
@@ -89,6 +112,10 @@ class DecodeCache:
             self._connection.execute(
                 "CREATE TABLE IF NOT EXISTS decoded (key TEXT PRIMARY KEY, reason TEXT, content_hash BLOB, "
                 "flat INTEGER, pixels BLOB)"
+            )
+            self._connection.execute(
+                "CREATE TABLE IF NOT EXISTS file_md5 (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+                "inode INTEGER, md5 TEXT)"
             )
             self._connection.commit()
         except sqlite3.DatabaseError as error:
@@ -121,6 +148,32 @@ class DecodeCache:
         try:
             with self._connection:
                 self._connection.executemany("INSERT OR REPLACE INTO decoded VALUES (?, ?, ?, ?, ?)", rows)
+        except sqlite3.DatabaseError as error:
+            raise ValueError(f"{self.path}: cannot write the decoded-image cache ({error})") from None
+
+    def known_md5s(self, files: Sequence[FileStat]) -> list[str | None]:
+        """The md5 recorded for each file, or None when the file is new or its size, mtime or inode changed.
+
+        The same test DVC applies before hashing a file again; it saves reading every unchanged file.
+        """
+        found: dict[str, tuple] = {}
+        for start in range(0, len(files), QUERY_ROWS):
+            chunk = [file.path for file in files[start : start + QUERY_ROWS]]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT path, size, mtime_ns, inode, md5 FROM file_md5 WHERE path IN ({marks})"
+            found.update((row[0], row[1:]) for row in self._query(sql, chunk))
+        known: list[str | None] = []
+        for file in files:
+            record = found.get(file.path)
+            known.append(record[3] if record and tuple(record[:3]) == (file.size, file.mtime_ns, file.inode) else None)
+        return known
+
+    def remember_md5s(self, files: Iterable[tuple[FileStat, str]]) -> None:
+        """Record each file's md5 with the size, mtime and inode it had when it was read."""
+        rows = [(file.path, file.size, file.mtime_ns, file.inode, md5) for file, md5 in files]
+        try:
+            with self._connection:
+                self._connection.executemany("INSERT OR REPLACE INTO file_md5 VALUES (?, ?, ?, ?, ?)", rows)
         except sqlite3.DatabaseError as error:
             raise ValueError(f"{self.path}: cannot write the decoded-image cache ({error})") from None
 

@@ -66,7 +66,7 @@ class ShardWriter:
         self.image_shape = tuple(int(side) for side in image_shape)
         self.class_names = tuple(class_names)
         self.image_bytes = int(np.prod(self.image_shape))
-        self.rows_per_shard = max(1, SHARD_BYTES // self.image_bytes)
+        self.rows_per_shard = max(1, SHARD_BYTES // max(1, self.image_bytes))
         self._buffer = np.empty((self.rows_per_shard, *self.image_shape), dtype=np.uint8)
         self._filled = 0
         self._shards: list[ShardFile] = []
@@ -88,10 +88,11 @@ class ShardWriter:
         """Append (n, H, W, C) uint8 images with their (n,) labels and (n, 16) content hashes."""
         if images.shape[1:] != self.image_shape or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 images of shape {self.image_shape}, got {images.dtype} {images.shape}")
-        flat = images.reshape(len(images), -1)
-        self._sum += int(flat.sum(dtype=np.uint64))
-        # Squares of 0..255 summed per image fit in uint64 for any image below 2**47 pixels.
-        self._squares += int(np.square(flat, dtype=np.uint64).sum(dtype=np.uint64))
+        # A histogram of the 256 values gives exact sums of values and of squares, faster than squaring them.
+        counts = np.bincount(images.reshape(-1), minlength=256).astype(np.uint64)
+        values = np.arange(256, dtype=np.uint64)
+        self._sum += int(counts @ values)
+        self._squares += int(counts @ (values * values))
         self._labels.append(np.asarray(labels, dtype=np.int64))
         self._hashes.append(np.asarray(hashes, dtype=np.uint8).reshape(-1, HASH_BYTES))
         start = 0
@@ -178,10 +179,10 @@ class ShardedDataset:
         try:
             self.image_shape = tuple(int(side) for side in manifest["image_shape"])
             self.class_names = tuple(str(name) for name in manifest["class_names"])
-            self.shards = tuple(ShardFile(**entry) for entry in manifest["shards"])
-            labels_file, hashes_file = ShardFile(**manifest["labels"]), ShardFile(**manifest["hashes"])
+            self.shards = tuple(_listed(entry) for entry in manifest["shards"])
+            labels_file, hashes_file = _listed(manifest["labels"]), _listed(manifest["hashes"])
             images = int(manifest["images"])
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
             raise ValueError(f"{manifest_path}: malformed manifest ({error}); run `dvc repro prepare`") from None
         self.digest = hashlib.md5(manifest_path.read_bytes(), usedforsecurity=False).hexdigest()
         self.image_bytes = int(np.prod(self.image_shape))
@@ -223,7 +224,7 @@ class ShardedDataset:
             raise IndexError(f"rows must lie in 0..{len(self) - 1}, got {rows.min()}..{rows.max()}")
         shard_of = np.searchsorted(self._ends, rows, side="right")
         starts = self._ends - np.array([shard.rows for shard in self.shards], dtype=np.int64)
-        flat = output.reshape(len(rows), -1)
+        flat = output.reshape(len(rows), self.image_bytes)
         position = 0
         while position < len(rows):
             shard, row = int(shard_of[position]), int(rows[position])
@@ -296,7 +297,9 @@ class ShardedDataset:
     def _small_array(self, entry: ShardFile, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
         path = self.folder / entry.file
         try:
-            array = np.load(path, allow_pickle=False)
+            # `read_array` reads only the .npy format: `np.load` would open a zip file put in its place as an .npz.
+            with path.open("rb") as handle:
+                array = np.lib.format.read_array(handle, allow_pickle=False)
         except (OSError, ValueError, EOFError) as error:
             raise ValueError(f"{path}: unreadable ({error}); run `dvc checkout` or `dvc repro prepare`") from None
         if array.dtype != dtype or array.shape != shape:
@@ -320,6 +323,15 @@ def open_dataset(folder: Path, verify: bool = False) -> ShardedDataset:
     if verify:
         dataset.verify()
     return dataset
+
+
+def _listed(entry: dict) -> ShardFile:
+    """A file as the manifest lists it, with the types checked: a wrong one raises TypeError or ValueError."""
+    if not isinstance(entry["file"], str) or not isinstance(entry["md5"], str):
+        raise TypeError(f"file and md5 must be strings, got {entry['file']!r} and {entry['md5']!r}")
+    if Path(entry["file"]).name != entry["file"] or entry["file"] in ("", ".", ".."):
+        raise ValueError(f"file {entry['file']!r} is not a file name inside the dataset's folder")
+    return ShardFile(entry["file"], int(entry["rows"]), int(entry["bytes"]), entry["md5"])
 
 
 def _describe(path: Path, rows: int) -> ShardFile:

@@ -8,6 +8,7 @@ Every dataset, whatever its source, goes through `dataset.validate`.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import gzip
 import hashlib
@@ -38,6 +39,11 @@ IDX_IMAGES, IDX_LABELS = "-images-idx3-ubyte", "-labels-idx1-ubyte"
 # Files decoded per task sent to a worker process: large enough that inter-process overhead is
 # small next to decoding, small enough that the progress bar moves.
 CHUNK_SIZE = 512
+# Decoded bytes a task may hand back at once: large images go a few at a time, so that memory holds
+# a few chunks whatever data.image_height and data.image_width are.
+CHUNK_BYTES = 64 * 2**20
+# What to do with an .npz too large to read into memory.
+NPZ_TOO_LARGE_FIX = "convert it to an image folder, or split it into a smaller .npz"
 # Below this many files a process pool costs more to start than it saves.
 PARALLEL_THRESHOLD = 2000
 # Top-level folder names that mark an already-split download rather than classes.
@@ -231,9 +237,6 @@ def load_image_folder(
             ignored.append(Problem(entry.name, "file outside a class folder; images go in <class name>/ folders"))
 
     paths = [path for path, _ in candidates]
-    md5s = _hash_files(root, paths, progress)
-    tag = decode_cache.rules_tag(spec)
-    keys = [decode_cache.file_key(md5s[path], path, tag) for path in paths]
     temporary = None
     if cache_path is None:
         temporary = tempfile.TemporaryDirectory(prefix="decoded-images-")
@@ -241,6 +244,9 @@ def load_image_folder(
     cache = decode_cache.DecodeCache(cache_path)
     if temporary is not None:
         weakref.finalize(cache, temporary.cleanup)
+    md5s = _hash_files(root, paths, cache, progress)
+    tag = decode_cache.rules_tag(spec)
+    keys = [decode_cache.file_key(md5s[path], path, tag) for path in paths]
     missing = cache.missing(keys)
     _decode_into(cache, root, [(paths[row], keys[row]) for row in missing], spec, workers, progress)
     reasons, hashes, flat = cache.outcomes(keys)
@@ -343,8 +349,10 @@ def index_images(root: Path, name: str = "") -> tuple[list[str], list[Problem], 
                 skipped.append(Problem((relative / sub).as_posix(), "symbolic link to a folder; not followed"))
         # os.walk descends into what is left in the list, in this order.
         subfolders[:] = sorted(sub for sub in subfolders if not sub.startswith("."))
+        prefix = relative.as_posix()
         for file in sorted(files):
-            path = (relative / file).as_posix()
+            # Plain strings: pathlib costs more than the walk itself over hundreds of thousands of files.
+            path = file if prefix == "." else f"{prefix}/{file}"
             if file.startswith("."):
                 hidden += 1
             elif images.named_like_image(file) or images.looks_like_image(Path(folder) / file):
@@ -354,19 +362,40 @@ def index_images(root: Path, name: str = "") -> tuple[list[str], list[Problem], 
     return found, skipped, hidden
 
 
-def _hash_files(root: Path, paths: Sequence[str], progress: bool) -> dict[str, str]:
-    """The md5 of each file (the hash DVC gives it), which keys the decoded-image cache."""
-    bar = tqdm(paths, desc="hashing images", unit="file", file=sys.stderr, disable=not progress, leave=False, delay=2)
-    md5s = {}
-    for path in bar:
+def _hash_files(root: Path, paths: Sequence[str], cache: decode_cache.DecodeCache, progress: bool) -> dict[str, str]:
+    """The md5 of each file (the hash DVC gives it), which keys the decoded-image cache.
+
+    Files whose size, modification time and inode match what the cache recorded are not read again.
+    """
+    md5s: dict[str, str] = {}
+    stats: list[tuple[str, decode_cache.FileStat]] = []
+    base = str(root.resolve())
+    for path in paths:
+        try:
+            stats.append((path, decode_cache.FileStat.of(os.path.join(base, path))))
+        except OSError as error:
+            md5s[path] = _unreadable_key(path, error)
+    known = cache.known_md5s([stat for _, stat in stats])
+    unknown = [(path, stat) for (path, stat), md5 in zip(stats, known, strict=True) if md5 is None]
+    md5s.update((path, md5) for (path, _), md5 in zip(stats, known, strict=True) if md5 is not None)
+    bar = tqdm(unknown, desc="hashing images", unit="file", file=sys.stderr, disable=not progress, leave=False, delay=2)
+    hashed: list[tuple[decode_cache.FileStat, str]] = []
+    for path, stat in bar:
         try:
             md5s[path] = file_md5(root / path)
+            hashed.append((stat, md5s[path]))
         except OSError as error:
-            # Unreadable: keyed apart, and decoding reports why.
-            md5s[path] = (
-                f"unreadable-{type(error).__name__}-{hashlib.md5(path.encode(), usedforsecurity=False).hexdigest()}"
-            )
+            md5s[path] = _unreadable_key(path, error)
+        if len(hashed) >= decode_cache.QUERY_ROWS:
+            cache.remember_md5s(hashed)
+            hashed = []
+    cache.remember_md5s(hashed)
     return md5s
+
+
+def _unreadable_key(path: str, error: OSError) -> str:
+    """A stand-in md5 for a file that cannot be read: keyed apart, and decoding reports why."""
+    return f"unreadable-{type(error).__name__}-{hashlib.md5(path.encode(), usedforsecurity=False).hexdigest()}"
 
 
 def _decode_into(
@@ -378,13 +407,23 @@ def _decode_into(
     progress: bool,
 ) -> None:
     """Decode each (path, key) of `work` and store it in `cache`, a chunk at a time, in `workers` processes."""
-    chunks = [work[start : start + CHUNK_SIZE] for start in range(0, len(work), CHUNK_SIZE)]
+    size = max(1, min(CHUNK_SIZE, CHUNK_BYTES // (spec.height * spec.width * spec.channels)))
+    chunks = [work[start : start + size] for start in range(0, len(work), size)]
     decode = partial(_decode_chunk, str(root), spec)
     bar = tqdm(total=len(work), desc="decoding images", unit="img", file=sys.stderr, disable=not progress or not work)
     with bar:
         if workers > 1 and len(work) >= PARALLEL_THRESHOLD:
             with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-                for entries in pool.map(decode, chunks):
+                # At most two chunks per worker in flight: decoded chunks never pile up in memory.
+                pending: collections.deque = collections.deque()
+                for chunk in chunks:
+                    pending.append(pool.submit(decode, chunk))
+                    if len(pending) >= 2 * workers:
+                        entries = pending.popleft().result()
+                        cache.store(entries)
+                        bar.update(len(entries))
+                while pending:
+                    entries = pending.popleft().result()
                     cache.store(entries)
                     bar.update(len(entries))
         else:
@@ -420,13 +459,16 @@ def folder_digest(root: Path, known: dict[str, str] | None = None) -> tuple[str,
     size = 0
     for folder, subfolders, files in os.walk(root, followlinks=False):
         subfolders.sort()
+        # Plain strings: pathlib costs more than the stat itself over hundreds of thousands of files.
+        prefix = Path(folder).relative_to(root).as_posix()
         for file in files:
-            path = Path(folder) / file
+            relative = file if prefix == "." else f"{prefix}/{file}"
+            path = os.path.join(folder, file)
             try:
-                relative = path.relative_to(root).as_posix()
                 md5 = known.get(relative)
-                entries.append({"md5": md5 if md5 and len(md5) == 32 else file_md5(path), "relpath": relative})
-                size += path.stat().st_size
+                size_of_file = os.stat(path).st_size
+                entries.append({"md5": md5 if md5 and len(md5) == 32 else file_md5(Path(path)), "relpath": relative})
+                size += size_of_file
             except OSError:
                 continue  # a broken or looping link: DVC could not hash it either
     entries.sort(key=lambda entry: entry["relpath"])

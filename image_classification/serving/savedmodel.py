@@ -133,10 +133,11 @@ def predict_savedmodel(
         Each output of `contract.OUTPUTS`, one row per image, in order.
     """
     loaded = tf.saved_model.load(str(path))
+    batches = images
     if isinstance(images, np.ndarray):
-        images = (images[start : start + batch_size] for start in range(0, len(images), batch_size))
+        batches = (images[start : start + batch_size] for start in range(0, len(images), batch_size))
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUTS}
-    for batch in images:
+    for batch in batches:
         result = loaded.serve(tf.constant(batch))
         for name in OUTPUTS:
             outputs[name].append(result[name].numpy())

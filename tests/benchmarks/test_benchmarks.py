@@ -5,8 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from benchmarks import pipeline, run, training
+from benchmarks import pipeline, run, scale, training
 from image_classification.config import Params
 from tests.conftest import make_images
 
@@ -106,3 +107,39 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     assert len(small["noop_seconds"]) == 1
     assert results["ceiling"]["flops_per_image"] > 0
     assert results["ceiling"]["fraction_of_measured"] > 0
+
+
+@pytest.mark.slow
+def test_scale_benchmark_measures_every_stage_and_the_incremental_prepare(tmp_path: Path) -> None:
+    output = tmp_path / "scale.md"
+    scale.main(["--quick", "--sizes", "400", "--photos", "60", "--output", str(output)])
+    results = json.loads(output.with_suffix(".json").read_text())
+    (row,) = results["sizes"]
+    assert row["images"] == 400
+    assert set(row["stages"]) == set(pipeline.STAGES)
+    assert all(0 < stage["peak_rss_mib"] < 4096 for stage in row["stages"].values())
+    assert row["incremental"]["new_files"] == 4
+    # The shards hold every file's 28x28x1 pixels.
+    assert row["prepared_bytes"] > 400 * 28 * 28
+    assert "| 400 |" in output.read_text()
+    photos = results["photos"]
+    assert photos["images"] == 60
+    assert set(photos["stages"]) == set(pipeline.STAGES)
+    # 60 photos at 160x160x3, raw in the shards.
+    assert photos["prepared_bytes"] > 60 * 160 * 160 * 3
+    assert 0 <= photos["test_accuracy"] <= 1
+
+
+def test_generated_photos_have_ten_classes_of_varied_size(tmp_path: Path) -> None:
+    scale.write_photos(20, tmp_path)
+    folders = sorted(path.name for path in tmp_path.iterdir())
+    assert len(folders) == 10
+    assert folders[0] == "cool_cross"
+    files = sorted(tmp_path.rglob("*.jpg"))
+    assert len(files) == 20
+    sizes = set()
+    for path in files:
+        with Image.open(path) as image:
+            assert (image.format, image.mode) == ("JPEG", "RGB")
+            sizes.add(image.size)
+    assert len(sizes) > 10

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -91,3 +93,84 @@ def test_data_version_round_trips_and_names_a_bad_record() -> None:
 def test_max_images_that_cannot_keep_every_class_is_one_clear_line(labels: list, size: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         dataset_lib.stratified_sample(np.array(labels), size, seed=0, class_names=("a", "b", "c"))
+
+
+def test_content_hashes_are_blake2b_of_each_image(tiny_dataset: Dataset) -> None:
+    hashes = dataset_lib.content_hashes(tiny_dataset.images)
+    assert hashes.shape == (60, dataset_lib.HASH_BYTES)
+    assert hashes.dtype == np.uint8
+    expected = hashlib.blake2b(tiny_dataset.images[7].tobytes(), digest_size=16).digest()
+    assert hashes[7].tobytes() == expected
+    assert len(np.unique(hashes, axis=0)) == 60
+    changed = tiny_dataset.images.copy()
+    changed[3, 11, 11, 0] ^= 1
+    differs = np.any(dataset_lib.content_hashes(changed) != hashes, axis=1)
+    assert np.flatnonzero(differs).tolist() == [3]
+    # Non-contiguous views hash their pixels, not their memory layout.
+    assert np.array_equal(dataset_lib.content_hashes(tiny_dataset.images[::-1])[::-1], hashes)
+    assert dataset_lib.content_hashes(np.zeros((0, 4, 4, 1), np.uint8)).shape == (0, 16)
+
+
+def test_duplicate_groups_point_at_the_first_copy() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (6, 4, 4, 1), dtype=np.uint8)
+    images[[2, 5]] = images[0]
+    images[4] = images[1]
+    hashes = dataset_lib.content_hashes(images)
+    assert dataset_lib.duplicate_groups(hashes).tolist() == [0, 1, 0, 3, 1, 0]
+    assert dataset_lib.duplicate_groups(np.zeros((0, 16), np.uint8)).tolist() == []
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    # Rows 0, 2 and 5 are one image under two labels; rows 1 and 4 too.
+    assert dataset_lib.conflicting_groups(labels, hashes) == [[0, 2, 5], [1, 4]]
+    assert dataset_lib.conflicting_groups(np.array([0, 1, 0, 1, 0, 0]), hashes) == [[1, 4]]
+    assert dataset_lib.conflicting_groups(np.array([0, 1, 0, 1, 1, 0]), hashes) == []
+
+
+def test_flat_values_find_single_colour_images() -> None:
+    images = np.full((4, 3, 3, 3), 9, np.uint8)
+    images[1, 0, 0, 0] = 10
+    images[2] = 0
+    images[3, :, :, 2] = 8  # flat in each channel, but not one value
+    assert dataset_lib.flat_values(images).tolist() == [9, -1, 0, -1]
+    assert dataset_lib.flat_values(images).dtype == np.int16
+    assert dataset_lib.constant_images(images) == 2
+    assert dataset_lib.flat_values(np.zeros((2, 0, 3, 1), np.uint8)).tolist() == [-1, -1]
+
+
+@pytest.mark.parametrize(
+    ("labels", "class_names", "message"),
+    [
+        (np.zeros((2, 1), np.int64), ("a", "b"), r"^raw: y must be 1-D integer labels, got int64 of shape \(2, 1\)$"),
+        (np.array([0, 2]), ("a", "b"), r"^raw: y must lie in 0\.\.1 to index the 2 class names, got 0\.\.2$"),
+        (np.array([0, 0]), ("a", "b"), r"^raw: classes without images: \['b'\]$"),
+    ],
+)
+def test_validate_labels_names_the_source(labels: np.ndarray, class_names: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataset_lib.validate_labels(labels, class_names, "raw", "y")
+
+
+def test_summarize_counts_copies_and_conflicts(tiny_dataset: Dataset) -> None:
+    images = tiny_dataset.images.copy()
+    labels = tiny_dataset.labels.copy()
+    images[1] = images[0]
+    labels[1] = labels[0]  # a copy under the same class
+    images[2] = images[0]
+    labels[2] = (labels[0] + 1) % 3  # and one under another
+    images[5] = 7  # a flat image
+    summary = dataset_lib.summarize(
+        labels, dataset_lib.content_hashes(images), tiny_dataset.class_names, (12, 12, 1), 1, 50.0, 3.25
+    )
+    assert summary["duplicates"] == 2
+    assert summary["conflicting_duplicates"] == 1
+    assert summary["constant_images"] == 1
+    assert (summary["pixel_mean"], summary["pixel_std"]) == (50.0, 3.25)
+    counts = np.bincount(labels, minlength=3)
+    assert list(summary["count_per_class"].values()) == counts.tolist()
+    assert summary["class_balance"]["ratio"] == round(counts.max() / counts.min(), 4)
+    in_memory = dataset_lib.statistics(Dataset(images, labels, tiny_dataset.class_names))
+    assert {key: in_memory[key] for key in ("duplicates", "conflicting_duplicates", "constant_images")} == {
+        "duplicates": 2,
+        "conflicting_duplicates": 1,
+        "constant_images": 1,
+    }

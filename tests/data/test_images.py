@@ -151,6 +151,17 @@ def test_image_formats_it_cannot_read_are_refused_with_what_to_do(
         decode_image(path, GRAY_28)
 
 
+def test_bytes_are_refused_by_the_name_they_came_with(tmp_path: Path) -> None:
+    data = encode(Image.fromarray(gradient(28, 28)), "TIFF")  # what a camera raw file holds, and decodable
+    assert np.array_equal(decode_image(data, GRAY_28)[:, :, 0], gradient(28, 28))
+    assert np.array_equal(decode_image(data, GRAY_28, name="scan.tif"), decode_image(data, GRAY_28))
+    with pytest.raises(ValueError, match=r"^a camera raw file; export it to JPEG or PNG"):
+        decode_image(data, GRAY_28, name="folder/IMG_0001.CR2")
+    (tmp_path / "IMG_0001.CR2").write_bytes(data)
+    with pytest.raises(ValueError, match=r"^a camera raw file"):  # a path names itself; `name` is for bytes
+        decode_image(tmp_path / "IMG_0001.CR2", GRAY_28, name="scan.tif")
+
+
 def test_files_are_images_by_name_or_by_content(tmp_path: Path) -> None:
     (tmp_path / "IMG_0001").write_bytes(encode(Image.fromarray(gradient()), "JPEG"))
     (tmp_path / "scan.dat").write_bytes(encode(Image.fromarray(gradient()), "PNG"))

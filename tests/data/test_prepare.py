@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,10 @@ from PIL import Image
 
 from image_classification import artifacts
 from image_classification.config import parse_params
-from image_classification.data import prepare
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, merged, raw_params
-from tests.data.test_sources import write_tree
+from image_classification.data import dataset as dataset_lib
+from image_classification.data import images, prepare, shards
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, make_images, merged, raw_params
+from tests.data.test_sources import counting_decodes, png, write_tree
 
 
 def data_params(**overrides):
@@ -33,7 +35,7 @@ def test_image_folder_statistics_report_everything(tmp_path: Path) -> None:
     (raw / "class_0" / "copy.png").write_bytes(first.read_bytes())
     (raw / "class_1" / "copy.png").write_bytes(first.read_bytes())  # the same image under another label
     statistics = prepare.prepare_dataset(
-        data_params(), tmp_path / "d.npz", tmp_path / "s.json", raw, workers=1, progress=False
+        data_params(), tmp_path / "prepared", tmp_path / "s.json", raw, workers=1, progress=False
     )
     assert statistics == artifacts.read_json(tmp_path / "s.json")
     # The copy under class_1 makes its original and class_0's copy ambiguous: all three are left out.
@@ -52,7 +54,9 @@ def test_image_folder_statistics_report_everything(tmp_path: Path) -> None:
         "an image with two labels cannot be learned"
     )
     assert statistics["data_version"]["files"] == 33
-    assert len(artifacts.load_dataset(tmp_path / "d.npz")) == 29
+    with shards.open_dataset(tmp_path / "prepared", verify=True) as prepared:
+        assert len(prepared) == 29
+        assert np.bincount(prepared.labels).tolist() == [9, 10, 10]
 
 
 def test_on_bad_file_fail_stops_and_writes_nothing(tmp_path: Path) -> None:
@@ -61,30 +65,32 @@ def test_on_bad_file_fail_stops_and_writes_nothing(tmp_path: Path) -> None:
     (raw / "class_1" / "zero.png").write_bytes(b"")
     with pytest.raises(ValueError, match=r"1 image file\(s\) rejected.*first: class_1/zero.png: empty file"):
         prepare.prepare_dataset(
-            data_params(on_bad_file="fail"), tmp_path / "d.npz", tmp_path / "s.json", raw, workers=1
+            data_params(on_bad_file="fail"), tmp_path / "prepared", tmp_path / "s.json", raw, workers=1
         )
-    assert not (tmp_path / "d.npz").exists()
+    assert not (tmp_path / "prepared").exists()
 
 
 def test_one_class_is_a_clear_error(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     write_tree(raw, classes=1, per_class=5)
     with pytest.raises(ValueError, match=r"at least 2 classes, got 1: \['class_0'\]"):
-        prepare.prepare_dataset(data_params(), tmp_path / "d.npz", tmp_path / "s.json", raw, workers=1)
+        prepare.prepare_dataset(data_params(), tmp_path / "prepared", tmp_path / "s.json", raw, workers=1)
 
 
 def test_folder_sources_need_a_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="pass it with --raw"):
-        prepare.prepare_dataset(data_params(source="npz"), tmp_path / "d.npz", tmp_path / "s.json")
+        prepare.prepare_dataset(data_params(source="npz"), tmp_path / "prepared", tmp_path / "s.json")
     with pytest.raises(ValueError, match="no such folder"):
-        prepare.prepare_dataset(data_params(source="idx"), tmp_path / "d.npz", tmp_path / "s.json", tmp_path / "nope")
+        prepare.prepare_dataset(
+            data_params(source="idx"), tmp_path / "prepared", tmp_path / "s.json", tmp_path / "nope"
+        )
 
 
 def run_cli(tmp_path: Path, raw: Path, env: dict | None = None, **data) -> subprocess.CompletedProcess:
     params = merged(merged(raw_params(), TINY_OVERRIDES), {"data": data})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     command = [sys.executable, "-m", "stages.prepare", "--params", str(tmp_path / "params.yaml"), "--raw", str(raw),
-               "--output", str(tmp_path / "d.npz"), "--statistics", str(tmp_path / "s.json")]  # fmt: skip
+               "--output", str(tmp_path / "prepared"), "--statistics", str(tmp_path / "s.json")]  # fmt: skip
     return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -151,7 +157,7 @@ def shapes_on_transparent(root: Path, per_class: int = 30, shade: int = 0) -> No
 def test_dark_shapes_on_transparent_backgrounds_keep_their_shape(tmp_path: Path) -> None:
     shapes_on_transparent(tmp_path / "raw")
     statistics = prepare.prepare_dataset(
-        data_params(image_height=28, image_width=28), tmp_path / "d.npz", tmp_path / "s.json", tmp_path / "raw", 1
+        data_params(image_height=28, image_width=28), tmp_path / "prepared", tmp_path / "s.json", tmp_path / "raw", 1
     )
     assert statistics["images"] == 60
     assert statistics["pixel_std"] > 50
@@ -164,10 +170,10 @@ def test_degenerate_decoded_data_stops_prepare_naming_the_cause(tmp_path: Path) 
     params = data_params(image_height=28, image_width=28)
     with pytest.raises(ValueError, match=r"60 of 60 images decode to a single flat colour \(pixel value 255; first: "
                        r"circle/00.png\); .*data.background"):  # fmt: skip
-        prepare.prepare_dataset(params, tmp_path / "d.npz", tmp_path / "s.json", tmp_path / "raw", 1)
-    assert not (tmp_path / "d.npz").exists()
+        prepare.prepare_dataset(params, tmp_path / "prepared", tmp_path / "s.json", tmp_path / "raw", 1)
+    assert not (tmp_path / "prepared").exists()
     statistics = prepare.prepare_dataset(
-        data_params(image_height=28, image_width=28, background="black"), tmp_path / "d.npz", tmp_path / "s.json",
+        data_params(image_height=28, image_width=28, background="black"), tmp_path / "prepared", tmp_path / "s.json",
         tmp_path / "raw", 1,
     )  # fmt: skip
     assert statistics["constant_images"] == 0
@@ -181,7 +187,7 @@ def test_a_folder_of_copies_stops_prepare(tmp_path: Path) -> None:
         for copy in range(10):
             (raw / name / f"copy{copy}.png").write_bytes(first.read_bytes())
     with pytest.raises(ValueError, match=r"20 of 26 images are exact copies of another after decoding \(first: "):
-        prepare.prepare_dataset(data_params(), tmp_path / "d.npz", tmp_path / "s.json", raw, workers=1)
+        prepare.prepare_dataset(data_params(), tmp_path / "prepared", tmp_path / "s.json", raw, workers=1)
 
 
 def test_the_same_image_under_two_classes_stops_prepare_under_fail(tmp_path: Path) -> None:
@@ -191,30 +197,97 @@ def test_the_same_image_under_two_classes_stops_prepare_under_fail(tmp_path: Pat
     (raw / "class_1" / "mislabelled.png").write_bytes(first.read_bytes())
     with pytest.raises(ValueError, match=r"2 image file\(s\) rejected .*first: class_0/.*: the same image as "
                        r"class_1/mislabelled.png \(class_1\), under another class"):  # fmt: skip
-        prepare.prepare_dataset(data_params(on_bad_file="fail"), tmp_path / "d.npz", tmp_path / "s.json", raw, 1)
+        prepare.prepare_dataset(data_params(on_bad_file="fail"), tmp_path / "prepared", tmp_path / "s.json", raw, 1)
 
 
 def test_unusable_image_files_count_and_stop_under_fail(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     write_tree(raw, classes=2, per_class=5)
     (raw / "class_1" / "IMG_0001.jxl").write_bytes(b"\xff\x0a" + bytes(64))
-    statistics = prepare.prepare_dataset(data_params(), tmp_path / "d.npz", tmp_path / "s.json", raw, workers=1)
+    statistics = prepare.prepare_dataset(data_params(), tmp_path / "prepared", tmp_path / "s.json", raw, workers=1)
     assert statistics["rejected_count"] == 1
     assert statistics["rejected"][0]["reason"].startswith("JPEG XL is not supported")
     with pytest.raises(ValueError, match=r"1 image file\(s\) rejected .*IMG_0001.jxl: JPEG XL is not supported"):
-        prepare.prepare_dataset(data_params(on_bad_file="fail"), tmp_path / "d.npz", tmp_path / "s.json", raw, 1)
+        prepare.prepare_dataset(data_params(on_bad_file="fail"), tmp_path / "prepared", tmp_path / "s.json", raw, 1)
 
 
-def test_images_too_large_for_memory_stop_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from image_classification import memory
+def decode_folder(raw: Path, spec: images.ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Every image file of `raw/<class>/`, decoded one by one, in the order of classes then names, with its label."""
+    files = [(label, path) for label, folder in enumerate(sorted(raw.iterdir())) for path in sorted(folder.iterdir())]
+    pixels = np.stack([images.decode_image(path, spec) for _, path in files])
+    return pixels, np.array([label for label, _ in files])
 
+
+def test_the_prepared_shards_hold_the_decoded_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = tmp_path / "raw"
-    write_tree(raw, classes=2, per_class=32)
-    monkeypatch.setattr(memory, "available_bytes", lambda: 2 * 2**30)
-    params = data_params(image_height=4096, image_width=4096, channels=3)
-    message = (
-        r"^decoding 64 images of .* to 4096x4096x3 needs about 6.00 GiB of memory and 2.00 GiB is available; "
-        r"lower data.image_height, data.image_width or data.channels"
+    write_tree(raw, classes=3, per_class=10)
+    # 4 images per shard, 3 per chunk read from the source: chunks straddle shards.
+    monkeypatch.setattr(shards, "SHARD_BYTES", 4 * 12 * 12)
+    monkeypatch.setattr(prepare, "READ_BYTES", 3 * 12 * 12)
+    statistics = prepare.prepare_dataset(data_params(), tmp_path / "prepared", tmp_path / "s.json", raw, 1, False)
+    expected, labels = decode_folder(raw, prepare.image_spec(data_params()))
+    assert len(list((tmp_path / "prepared").glob("images-*.npy"))) == 8
+    with shards.open_dataset(tmp_path / "prepared", verify=True) as prepared:
+        assert prepared.class_names == ("class_0", "class_1", "class_2")
+        assert np.array_equal(prepared.labels, labels)
+        assert np.array_equal(prepared.hashes, dataset_lib.content_hashes(expected))
+        order = np.random.default_rng(2).permutation(30)
+        assert np.array_equal(prepared.read(order), expected[order])
+        assert np.array_equal(np.concatenate(list(prepared.batches(order, 7))), expected[order])
+    assert statistics["pixel_mean"] == pytest.approx(expected.mean(), abs=1e-4)
+    assert statistics["pixel_std"] == pytest.approx(expected.std(), abs=1e-4)
+
+
+def test_array_sources_write_the_sampled_rows_in_order(tmp_path: Path) -> None:
+    dataset = make_images(classes=3, per_class=10)
+    (tmp_path / "raw").mkdir()
+    np.savez(tmp_path / "raw" / "data.npz", x=dataset.images, y=dataset.labels)
+    params = data_params(source="npz", max_images=12)
+    statistics = prepare.prepare_dataset(params, tmp_path / "prepared", tmp_path / "s.json", tmp_path / "raw")
+    kept = dataset_lib.stratified_sample(dataset.labels, 12, params.seed)
+    with shards.open_dataset(tmp_path / "prepared") as prepared:
+        assert np.array_equal(prepared.read(np.arange(12)), dataset.images[kept])
+        assert np.array_equal(prepared.labels, dataset.labels[kept])
+    assert statistics["count_per_class"] == {"0": 4, "1": 4, "2": 4}
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_an_incremental_prepare_equals_a_full_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw, cache = tmp_path / "raw", tmp_path / "cache" / "decoded.sqlite"
+    write_tree(raw, classes=3, per_class=8)
+    (raw / "class_2" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    decoded = counting_decodes(monkeypatch)
+    before = prepare.prepare_dataset(data_params(), tmp_path / "before", tmp_path / "s0.json", raw, 1, False, cache)
+    assert len(decoded) == 25
+    extra = make_images(classes=3, per_class=2, seed=9)
+    for row, image in enumerate(extra.images[:3]):
+        (raw / "class_1" / f"new{row}.png").write_bytes(png(image[:, :, 0]))
+    removed, edited = sorted((raw / "class_0").iterdir())[:2]
+    removed.unlink()
+    edited.write_bytes(png(extra.images[3, :, :, 0]))
+    decoded.clear()
+    statistics = prepare.prepare_dataset(
+        data_params(), tmp_path / "incremental", tmp_path / "s1.json", raw, 1, False, cache
     )
-    with pytest.raises(ValueError, match=message):
-        prepare.prepare_dataset(params, tmp_path / "d.npz", tmp_path / "s.json", raw, workers=1)
+    assert sorted(decoded) == ["class_0/" + edited.name, "class_1/new0.png", "class_1/new1.png", "class_1/new2.png"]
+    assert statistics["images"] == before["images"] + 2 == 26
+    # The broken file was not decoded again: its reason came from the cache.
+    assert statistics["rejected"] == before["rejected"]
+    assert [problem["file"] for problem in statistics["rejected"]] == ["class_2/broken.png"]
+    scratch = prepare.prepare_dataset(data_params(), tmp_path / "scratch", tmp_path / "s2.json", raw, 1, False)
+    assert folder_bytes(tmp_path / "incremental") == folder_bytes(tmp_path / "scratch")
+    assert folder_bytes(tmp_path / "incremental") != folder_bytes(tmp_path / "before")
+    assert statistics == scratch
+
+
+def test_a_corrupt_cache_says_to_delete_it(tmp_path: Path) -> None:
+    raw, cache = tmp_path / "raw", tmp_path / "decoded.sqlite"
+    write_tree(raw, classes=2, per_class=3)
+    cache.write_bytes(np.random.default_rng(0).bytes(8192))
+    expected = rf"^{re.escape(str(cache))}: unusable decoded-image cache \([^\n]*\); delete it [^\n]*$"
+    with pytest.raises(ValueError, match=expected):
+        prepare.prepare_dataset(data_params(), tmp_path / "prepared", tmp_path / "s.json", raw, 1, False, cache)
+    assert not (tmp_path / "prepared").exists()

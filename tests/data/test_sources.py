@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import gzip
 import hashlib
 import io
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from image_classification import config
-from image_classification.data import dataset, images, sources
+from image_classification.data import dataset, decode_cache, images, sources
 from image_classification.data.images import ImageSpec
 from tests.conftest import make_images
 
@@ -45,7 +46,7 @@ def test_image_folder_reads_classes_sorted_and_mixed_formats(tmp_path: Path) -> 
     (tmp_path / "élan" / "ü.webp").write_bytes(png(np.zeros((64, 8, 3), np.uint8), file_format="WEBP"))
     (tmp_path / "élan" / "p.gif").write_bytes(png(np.zeros((12, 12), np.uint8), file_format="GIF"))
     loaded = sources.load_image_folder(tmp_path, SPEC, progress=False)
-    dataset = loaded.dataset
+    dataset = loaded.materialize()
     assert dataset.class_names == ("chat noir", "zebra", "élan")
     assert dataset.images.shape == (5, 12, 12, 1)
     assert dataset.labels.tolist() == [0, 1, 1, 2, 2]  # sorted by class, then by path
@@ -71,8 +72,8 @@ def test_bad_files_are_rejected_or_ignored_with_reasons(tmp_path: Path) -> None:
     (tmp_path / "class_1" / "a.png").symlink_to(tmp_path / "class_1" / "b.png")
     (tmp_path / "class_1" / "b.png").symlink_to(tmp_path / "class_1" / "a.png")  # a file link loop
     loaded = sources.load_image_folder(tmp_path, SPEC, progress=False)
-    assert loaded.dataset.class_names == ("class_0", "class_1")
-    assert len(loaded.dataset) == 6
+    assert loaded.class_names == ("class_0", "class_1")
+    assert len(loaded) == 6
     rejected = {problem.file: problem.reason for problem in loaded.rejected}
     assert set(rejected) == {"class_0/truncated.png", "class_0/empty.png", "class_0/text.jpg",
                              "class_1/a.png", "class_1/b.png"}  # fmt: skip
@@ -94,11 +95,88 @@ def test_process_pool_gives_the_same_result(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(sources, "PARALLEL_THRESHOLD", 0)
     monkeypatch.setattr(sources, "CHUNK_SIZE", 7)
     parallel = sources.load_image_folder(tmp_path, SPEC, workers=2, progress=False)
-    assert np.array_equal(serial.dataset.images, parallel.dataset.images)
-    assert np.array_equal(serial.dataset.labels, parallel.dataset.labels)
+    assert np.array_equal(serial.materialize().images, parallel.materialize().images)
+    assert np.array_equal(serial.labels, parallel.labels)
+    assert np.array_equal(serial.hashes, parallel.hashes)
     assert serial.rejected == parallel.rejected
     assert [problem.file for problem in parallel.rejected] == ["class_1/broken.png"]
-    assert np.bincount(serial.dataset.labels).tolist() == [20, 20, 20]
+    assert np.bincount(serial.labels).tolist() == [20, 20, 20]
+
+
+def test_image_folder_rows_are_the_decoded_files_with_their_hashes(tmp_path: Path) -> None:
+    write_tree(tmp_path, classes=3, per_class=4)
+    (tmp_path / "class_2" / "flat.png").write_bytes(png(np.full((12, 12), 77, np.uint8)))
+    loaded = sources.load_image_folder(tmp_path, SPEC, progress=False)
+    assert len(loaded) == len(loaded.files) == 13
+    assert loaded.image_shape == (12, 12, 1)
+    expected = np.stack([images.decode_image(tmp_path / file, SPEC) for file in loaded.files])
+    assert np.array_equal(loaded.materialize().images, expected)
+    assert [loaded.class_names[label] for label in loaded.labels] == [file.split("/")[0] for file in loaded.files]
+    assert np.array_equal(loaded.hashes, dataset.content_hashes(expected))
+    assert np.array_equal(loaded.flat, dataset.flat_values(expected))
+    assert loaded.flat[loaded.files.index("class_2/flat.png")] == 77
+    rows = np.array([12, 0, 5, 5])
+    assert np.array_equal(loaded.images.read(rows), expected[rows])
+
+
+def counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the name of every file `decode_cache.decode_entry` decodes from now on."""
+    names: list[str] = []
+    decode = decode_cache.decode_entry
+
+    def spy(data: bytes, name: str, spec: ImageSpec) -> decode_cache.Entry:
+        names.append(name)
+        return decode(data, name, spec)
+
+    monkeypatch.setattr(decode_cache, "decode_entry", spy)
+    return names
+
+
+def test_a_cache_path_decodes_each_file_content_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw, cache = tmp_path / "raw", tmp_path / "cache" / "decoded.sqlite"
+    write_tree(raw, classes=2, per_class=3)
+    (raw / "class_1" / "broken.png").write_bytes(b"\x89PNG\r\n")
+    decoded = counting_decodes(monkeypatch)
+    first = sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)
+    assert len(decoded) == 7
+    decoded.clear()
+    original = sorted((raw / "class_0").iterdir())[0]
+    original.rename(raw / "class_1" / "moved.png")  # same content, same suffix
+    again = sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)
+    assert decoded == []
+    assert [problem.file for problem in again.rejected] == ["class_1/broken.png"]
+    assert again.rejected[0].reason == first.rejected[0].reason
+    moved = first.materialize().images[first.files.index(f"class_0/{original.name}")]
+    assert np.array_equal(again.materialize().images[again.files.index("class_1/moved.png")], moved)
+    (raw / "class_1" / "moved.jpeg").write_bytes((raw / "class_1" / "moved.png").read_bytes())
+    sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)
+    assert decoded == ["class_1/moved.jpeg"]  # another suffix is another key
+
+
+def test_large_images_are_decoded_a_few_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_tree(tmp_path, classes=2, per_class=5)
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 3 * 12 * 12)
+    stored: list[int] = []
+    store = decode_cache.DecodeCache.store
+
+    def counting_store(cache: decode_cache.DecodeCache, entries: list) -> None:
+        stored.append(len(entries))
+        store(cache, entries)
+
+    monkeypatch.setattr(decode_cache.DecodeCache, "store", counting_store)
+    loaded = sources.load_image_folder(tmp_path, SPEC, progress=False)
+    assert stored == [3, 3, 3, 1]
+    assert len(loaded) == 10
+
+
+def test_the_temporary_cache_goes_with_the_images(tmp_path: Path) -> None:
+    write_tree(tmp_path, classes=2, per_class=2)
+    loaded = sources.load_image_folder(tmp_path, SPEC, progress=False)
+    path = loaded.images.cache.path
+    assert path.is_file()
+    del loaded
+    gc.collect()
+    assert not path.parent.exists()
 
 
 def test_folder_digest_follows_every_change(tmp_path: Path) -> None:
@@ -136,11 +214,11 @@ def test_npz_source(tmp_path: Path) -> None:
     dataset = make_images(classes=3, per_class=5)
     save_npz(tmp_path / "data.npz", x=dataset.images[..., 0], y=dataset.labels * 2 + 3)
     loaded = sources.load_npz(tmp_path, SPEC)
-    assert loaded.dataset.class_names == ("3", "5", "7")
-    assert np.array_equal(loaded.dataset.labels, dataset.labels)
-    assert np.array_equal(loaded.dataset.images, dataset.images)
+    assert loaded.class_names == ("3", "5", "7")
+    assert np.array_equal(loaded.labels, dataset.labels)
+    assert np.array_equal(loaded.materialize().images, dataset.images)
     save_npz(tmp_path / "data.npz", x=dataset.images, y=dataset.labels, class_names=np.array(["a", "b", "c"]))
-    assert sources.load_npz(tmp_path, SPEC).dataset.class_names == ("a", "b", "c")
+    assert sources.load_npz(tmp_path, SPEC).class_names == ("a", "b", "c")
 
 
 @pytest.mark.parametrize(
@@ -193,9 +271,9 @@ def test_idx_source_reads_every_pair_plain_or_gzipped(tmp_path: Path) -> None:
     write_idx(tmp_path, "train", x[:12], y[:12], compress=True)
     write_idx(tmp_path, "t10k", x[12:], y[12:], compress=False)
     loaded = sources.load_idx(tmp_path, SPEC)
-    assert np.array_equal(loaded.dataset.images[..., 0], np.concatenate([x[12:], x[:12]]))  # t10k sorts first
-    assert np.array_equal(loaded.dataset.labels, np.concatenate([y[12:], y[:12]]))
-    assert loaded.dataset.class_names == ("0", "1", "2")
+    assert np.array_equal(loaded.materialize().images[..., 0], np.concatenate([x[12:], x[:12]]))  # t10k sorts first
+    assert np.array_equal(loaded.labels, np.concatenate([y[12:], y[:12]]))
+    assert loaded.class_names == ("0", "1", "2")
 
 
 @pytest.mark.parametrize(
@@ -243,9 +321,9 @@ def test_keras_mnist_from_a_filled_cache(keras_home: Path) -> None:
              "x_test": rng.integers(0, 255, (3, 28, 28), dtype=np.uint8), "y_test": np.array([9, 8, 7])}  # fmt: skip
     save_npz(keras_home / "mnist.npz", **parts)
     loaded = sources.load_keras("mnist", ImageSpec(28, 28, 1), fetch=no_download)
-    assert loaded.dataset.class_names == tuple("0123456789")
-    assert np.array_equal(loaded.dataset.images[8:, :, :, 0], parts["x_test"])
-    assert loaded.dataset.labels.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 9, 8, 7]
+    assert loaded.class_names == tuple("0123456789")
+    assert np.array_equal(loaded.materialize().images[8:, :, :, 0], parts["x_test"])
+    assert loaded.labels.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 9, 8, 7]
     assert loaded.version == dataset.DataVersion("keras", "keras.datasets.mnist",
                                                  sources.file_md5(keras_home / "mnist.npz"), 1,
                                                  (keras_home / "mnist.npz").stat().st_size)  # fmt: skip
@@ -258,8 +336,8 @@ def test_keras_fashion_mnist_from_a_filled_cache(keras_home: Path) -> None:
     write_idx(folder, "train", dataset.images[:15, :, :, 0], dataset.labels[:15], compress=True)
     write_idx(folder, "t10k", dataset.images[15:, :, :, 0], dataset.labels[15:], compress=True)
     loaded = sources.load_keras("fashion_mnist", ImageSpec(28, 28, 1), fetch=no_download)
-    assert loaded.dataset.class_names[0] == "T-shirt/top"
-    assert np.array_equal(loaded.dataset.labels, dataset.labels)
+    assert loaded.class_names[0] == "T-shirt/top"
+    assert np.array_equal(loaded.labels, dataset.labels)
     assert loaded.version.digest == sources.folder_digest(folder)[0]
 
 
@@ -270,7 +348,7 @@ def test_keras_missing_from_cache_goes_to_the_download(keras_home: Path) -> None
         save_npz(output, x=np.zeros((10, 28, 28), np.uint8), y=np.arange(10)[::-1])
 
     loaded = sources.load_keras("mnist", ImageSpec(28, 28, 1), fetch=fake_keras)
-    assert loaded.dataset.labels.tolist() == list(range(9, -1, -1))
+    assert loaded.labels.tolist() == list(range(9, -1, -1))
     with pytest.raises(ValueError, match="unknown Keras dataset 'imagenet'"):
         sources.load_keras("imagenet", ImageSpec(28, 28, 1))
     save_npz(keras_home / "mnist.npz", x_train=np.zeros((2, 28, 28), np.uint8))
@@ -324,8 +402,8 @@ def test_class_folders_with_sub_folders_of_their_own_still_work(tmp_path: Path) 
         for place in ("indoor", "outdoor"):
             write_tree(tmp_path / animal / place, classes=1, per_class=2)
     loaded = sources.load_image_folder(tmp_path, SPEC)
-    assert loaded.dataset.class_names == ("cat", "dog")
-    assert len(loaded.dataset) == 8
+    assert loaded.class_names == ("cat", "dog")
+    assert len(loaded) == 8
     assert loaded.files[0] == "cat/indoor/class_0/0000.png"
 
 
@@ -342,8 +420,8 @@ def test_files_that_look_like_images_are_decoded_or_rejected_never_dropped(tmp_p
     (tmp_path / "raws").mkdir()
     (tmp_path / "raws" / "DSC_0001.NEF").write_bytes(b"II*\x00" + bytes(64))
     loaded = sources.load_image_folder(tmp_path, SPEC)
-    assert loaded.dataset.class_names == ("class_0", "class_1", "tiffs")
-    assert np.bincount(loaded.dataset.labels).tolist() == [4, 4, 3]
+    assert loaded.class_names == ("class_0", "class_1", "tiffs")
+    assert np.bincount(loaded.labels).tolist() == [4, 4, 3]
     rejected = {problem.file: problem.reason for problem in loaded.rejected}
     assert rejected == {
         "class_1/vector.svg": "SVG is a vector format; render it to PNG (for example with rsvg-convert)",

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from image_classification import artifacts
+from image_classification.config import SplitParams
 from image_classification.data import dataset as dataset_lib
-from image_classification.data import split
+from image_classification.data import shards, split
 from image_classification.data.dataset import Dataset
-from tests.conftest import make_images
+from tests.conftest import make_images, split_images, write_shards
+
+
+def distinct_hashes(count: int) -> np.ndarray:
+    """(count, 16) content hashes of `count` different images."""
+    return dataset_lib.content_hashes(np.arange(count, dtype=np.int64)[:, np.newaxis])
 
 
 def split_indices(dataset: Dataset, seed: int = 7) -> split.SplitIndices:
@@ -38,11 +47,12 @@ def test_duplicates_land_in_one_split_only() -> None:
     images[2] = images[0]  # and one image appears three times
     hashes = dataset_lib.content_hashes(images)
     indices = split.stratified_split(dataset.labels, hashes, 0.2, 0.2, seed=3)
-    assert indices.duplicates == len(hashes) - len(set(hashes)) == 13
-    split_of = {}
-    for name in ("train", "validation", "test"):
+    assert indices.duplicates == len(hashes) - len(np.unique(hashes, axis=0)) == 13
+    split_of: dict[bytes, set[str]] = {}
+    for name in split.SPLITS:
         for row in getattr(indices, name):
-            split_of.setdefault(hashes[row], set()).add(name)
+            split_of.setdefault(hashes[row].tobytes(), set()).add(name)
+    assert len(split_of) == 120 - 13
     assert all(len(names) == 1 for names in split_of.values())
 
 
@@ -50,7 +60,7 @@ def test_a_class_too_small_to_split_is_named_with_its_count_and_the_fix() -> Non
     # The issue's case: classes of 40, 40 and 1 to 4 images.
     for small in (1, 2, 3, 4):
         labels = np.array([0] * 40 + [1] * small + [2] * 40)
-        hashes = [str(row) for row in range(len(labels))]
+        hashes = distinct_hashes(len(labels))
         with pytest.raises(ValueError, match=r"^cannot split: class .tiny.") as caught:
             split.stratified_split(labels, hashes, 0.15, 0.15, seed=42, class_names=("circle", "tiny", "square"))
         assert str(caught.value) == (
@@ -64,7 +74,7 @@ def test_a_class_too_small_to_split_is_named_with_its_count_and_the_fix() -> Non
 def test_every_class_reaches_every_split_or_the_split_stops() -> None:
     # 40 classes of 5: scikit-learn splits them, but some classes would get no test image.
     labels = np.repeat(np.arange(40), 5)
-    hashes = [str(row) for row in range(len(labels))]
+    hashes = distinct_hashes(len(labels))
     with pytest.raises(
         ValueError, match=r"classes 0 \(5\), 1 \(5\), 2 \(5\), 3 \(5\), 4 \(5\) and 35 more have too few"
     ):
@@ -76,6 +86,94 @@ def test_needed_images_per_class_follows_the_smallest_share() -> None:
     assert split.images_needed_per_class(0.1, 0.2) == 10
     assert split.images_needed_per_class(0.45, 0.45) == 10  # training keeps only a tenth
     assert split.images_needed_per_class(0.4, 0.4) == 5
+
+
+@pytest.fixture
+def prepared(tmp_path: Path) -> tuple[Path, Dataset]:
+    """A prepared dataset of 60 images with 6 copies, each of an image of its own class."""
+    dataset = make_images(classes=3, per_class=20)
+    images = dataset.images.copy()
+    for label in range(3):
+        rows = np.flatnonzero(dataset.labels == label)
+        images[rows[1 : 2 + label]] = images[rows[0]]
+    dataset = Dataset(images, dataset.labels, dataset.class_names)
+    return write_shards(tmp_path / "prepared", dataset), dataset
+
+
+def split_params(seed: int = 42) -> SplitParams:
+    return SplitParams(validation_fraction=0.15, test_fraction=0.15, seed=seed)
+
+
+def test_the_membership_holds_every_row_once_with_copies_together(tmp_path: Path, prepared) -> None:
+    folder, dataset = prepared
+    membership = tmp_path / "membership.npz"
+    report = split.split_dataset(split_params(), folder, membership, tmp_path / "split.json")
+    assert report == artifacts.read_json(tmp_path / "split.json")
+    with shards.open_dataset(folder) as data:
+        members = split.read_membership(membership, data)
+        digests = {name: split.split_digest(data, rows) for name, rows in members.items()}
+    assert list(members) == list(split.SPLITS)
+    assert all(rows.dtype == np.int64 and np.all(np.diff(rows) > 0) for rows in members.values())
+    assert np.array_equal(np.sort(np.concatenate(list(members.values()))), np.arange(60))
+    hashes = dataset_lib.content_hashes(dataset.images)
+    expected = split.partition(dataset.labels, hashes, dataset.class_names, split_params())
+    assert all(np.array_equal(members[name], getattr(expected, name)) for name in split.SPLITS)
+    assert report["images"] == 60
+    assert report["duplicates_kept_together"] == expected.duplicates == 6
+    for name, rows in members.items():
+        counts = np.bincount(dataset.labels[rows], minlength=3)
+        assert counts.min() > 0  # every class in every split
+        assert report["splits"][name] == {
+            "images": len(rows),
+            "count_per_class": dict(zip(dataset.class_names, counts.tolist(), strict=True)),
+            "digest": digests[name],
+        }
+    group = dataset_lib.duplicate_groups(hashes)
+    split_of_group = {}
+    for name, rows in members.items():
+        for row in rows:
+            assert split_of_group.setdefault(group[row], name) == name
+    assert len(set(digests.values())) == 3
+
+
+def test_the_same_seed_writes_the_same_membership_file(tmp_path: Path, prepared) -> None:
+    folder, _ = prepared
+    for name, seed in (("a.npz", 42), ("b.npz", 42), ("c.npz", 7)):
+        split.split_dataset(split_params(seed), folder, tmp_path / name, tmp_path / f"{name}.json")
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    assert (tmp_path / "a.npz").read_bytes() != (tmp_path / "c.npz").read_bytes()
+    assert (tmp_path / "a.npz.json").read_bytes() == (tmp_path / "b.npz.json").read_bytes()
+
+
+def test_a_membership_made_for_another_dataset_is_refused(tmp_path: Path, prepared) -> None:
+    folder, dataset = prepared
+    split.split_dataset(split_params(), folder, tmp_path / "membership.npz", tmp_path / "split.json")
+    images = dataset.images.copy()
+    images[0, 0, 0, 0] ^= 1
+    other = write_shards(tmp_path / "other", Dataset(images, dataset.labels, dataset.class_names))
+    expected = (
+        rf"^{re.escape(str(tmp_path / 'membership.npz'))}: made for another prepared dataset than "
+        rf"{re.escape(str(other))} \(digest [0-9a-f]{{12}}, now [0-9a-f]{{12}}\); run `dvc repro split`$"
+    )
+    with shards.open_dataset(other) as data, pytest.raises(ValueError, match=expected):
+        split.read_membership(tmp_path / "membership.npz", data)
+
+
+def test_a_missing_or_broken_membership_says_to_run_split(tmp_path: Path, prepared) -> None:
+    folder, _ = prepared
+    path = tmp_path / "membership.npz"
+    with shards.open_dataset(folder) as data:
+        with pytest.raises(ValueError, match=r"membership.npz: no split membership; run `dvc repro split`$"):
+            split.read_membership(path, data)
+        path.write_bytes(b"not a zip file")
+        with pytest.raises(ValueError, match=r"membership.npz: not a split membership file \(.*\); run `dvc repro"):
+            split.read_membership(path, data)
+        split.write_membership(path, {"train": [0, 60], "validation": [1], "test": [2]}, data.digest)
+        with pytest.raises(ValueError, match=r"the train rows do not index the 60 images of "):
+            split.read_membership(path, data)
+        only_test = split.read_membership(path, data, ("test",))  # the rows of the other splits go unchecked
+        assert list(only_test) == ["test"]
+        assert only_test["test"].tolist() == [2]
 
 
 @pytest.mark.slow
@@ -90,11 +188,7 @@ def test_prepare_and_split_outputs(pipeline) -> None:
         "validation": 45,
         "test": 45,
     }
-    hashes = [
-        {image.tobytes() for image in artifacts.load_dataset(paths[name]).images}
-        for name in ("train", "validation", "test")
-    ]
-    train_hashes, validation_hashes, test_hashes = hashes
-    assert not train_hashes & validation_hashes
-    assert not train_hashes & test_hashes
-    assert not validation_hashes & test_hashes
+    train, validation, test = ({image.tobytes() for image in split_images(paths, name).images} for name in split.SPLITS)
+    assert not train & validation
+    assert not train & test
+    assert not validation & test

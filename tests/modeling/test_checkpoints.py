@@ -16,9 +16,9 @@ from mlflow.tracking import MlflowClient
 
 from image_classification import artifacts
 from image_classification.config import Params, parse_params
-from image_classification.data import prepare, split
+from image_classification.data import prepare, shards, split
 from image_classification.modeling import architecture, checkpoints, input_pipeline, trained_model
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, merged, raw_params
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, merged, raw_params, write_shards
 
 
 def compiled(params: Params) -> keras.Model:
@@ -27,10 +27,11 @@ def compiled(params: Params) -> keras.Model:
     return classifier
 
 
-def test_capture_and_restore_include_optimizer_and_random_state(params: Params, tiny_dataset) -> None:
+def test_capture_and_restore_include_optimizer_and_random_state(params: Params, tiny_dataset, tmp_path: Path) -> None:
     source = compiled(params)
-    data = input_pipeline.make_training_dataset(tiny_dataset.images, tiny_dataset.labels, 3, 16, 0, 0, 2)
-    source.fit(data, epochs=2, steps_per_epoch=4, verbose=0, shuffle=False)
+    with shards.open_dataset(write_shards(tmp_path / "prepared", tiny_dataset)) as prepared:
+        data = input_pipeline.make_training_dataset(prepared, np.arange(len(prepared)), 3, 16, 0, 0, 2)
+        source.fit(data, epochs=2, steps_per_epoch=4, verbose=0, shuffle=False)
     values = checkpoints.capture(source)
     target = compiled(params)
     checkpoints.restore(target, values)
@@ -97,9 +98,14 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(merged(raw_params(), overrides)))
     params = parse_params(yaml.safe_load(params_file.read_text()))
-    prepare.prepare_dataset(params.data, root / "dataset.npz", root / "statistics.json")
-    outputs = {name: root / f"{name}.npz" for name in ("train", "validation", "test")}
-    split.split_dataset(params.split, root / "dataset.npz", outputs, root / "split.json")
+    image_bytes = params.data.image_height * params.data.image_width * params.data.channels
+    with pytest.MonkeyPatch.context() as patch:
+        # Several shards, so that training streams its batches from more than one file.
+        patch.setattr(shards, "SHARD_BYTES", 100 * image_bytes)
+        prepare.prepare_dataset(params.data, root / "prepared", root / "statistics.json")
+    with shards.open_dataset(root / "prepared") as data:
+        assert len(data.shards) == 6
+    split.split_dataset(params.split, root / "prepared", root / "membership.npz", root / "split.json")
     return root, params_file
 
 
@@ -107,7 +113,7 @@ def train_process(data: tuple[Path, Path], workdir: Path) -> subprocess.Popen:
     root, params_file = data
     command = [
         sys.executable, "-m", "stages.train", "--params", str(params_file),
-        "--train", str(root / "train.npz"), "--validation", str(root / "validation.npz"),
+        "--dataset", str(root / "prepared"), "--membership", str(root / "membership.npz"),
         "--model-dir", str(workdir / "model"), "--history", str(workdir / "history.csv"),
         "--summary", str(workdir / "summary.json"), "--timing", str(workdir / "timing.json"),
         "--checkpoint-dir", str(workdir / "checkpoints"),
@@ -150,7 +156,8 @@ def uninterrupted(data_root, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def predictions(workdir: Path, data_root) -> np.ndarray:
     root, _ = data_root
-    images = artifacts.load_dataset(root / "test.npz").images
+    with shards.open_dataset(root / "prepared") as data:
+        images = data.read(split.read_membership(root / "membership.npz", data, ("test",))["test"])
     return trained_model.load_model(workdir / "model").predict(images, verbose=0)
 
 

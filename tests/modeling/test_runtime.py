@@ -2,45 +2,60 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 
 from image_classification.config import Params, TrainParams
+from image_classification.data import shards
 from image_classification.data.dataset import Dataset
 from image_classification.modeling import architecture, input_pipeline, runtime
+from tests.conftest import write_shards
 
 
 def tiny(params: Params, **changes) -> TrainParams:
     return params.train.model_copy(update=changes)
 
 
+@pytest.fixture
+def tiny_shards(tmp_path: Path, tiny_dataset: Dataset) -> Iterator[shards.ShardedDataset]:
+    with shards.open_dataset(write_shards(tmp_path / "prepared", tiny_dataset)) as data:
+        yield data
+
+
 def train_once(
-    params: Params, dataset: Dataset, loss: str = "sparse_categorical_crossentropy", deterministic: bool = True
+    params: Params,
+    data: shards.ShardedDataset,
+    loss: str = "sparse_categorical_crossentropy",
+    deterministic: bool = True,
 ) -> tuple:
     settings = tiny(params, epochs=3, batch_size=16, loss=loss, warmup_epochs=0)
     runtime.seed_everything(settings.seed, deterministic_ops=deterministic)
-    model = architecture.build_model(dataset.images.shape[1:], 3, settings)
+    model = architecture.build_model(data.image_shape, 3, settings)
     architecture.compile_model(model, settings, steps_per_epoch=4)
     one_hot = architecture.uses_one_hot_labels(settings)
-    data = input_pipeline.make_training_dataset(
-        dataset.images, dataset.labels, 3, 16, settings.seed, first_epoch=0, epochs=settings.epochs, one_hot=one_hot
+    rows = np.arange(len(data))
+    batches = input_pipeline.make_training_dataset(
+        data, rows, 3, 16, settings.seed, first_epoch=0, epochs=settings.epochs, one_hot=one_hot
     )
-    steps = input_pipeline.steps_per_epoch(len(dataset), 16)
-    history = model.fit(data, epochs=settings.epochs, steps_per_epoch=steps, verbose=0, shuffle=False)
+    steps = input_pipeline.steps_per_epoch(len(rows), 16)
+    history = model.fit(batches, epochs=settings.epochs, steps_per_epoch=steps, verbose=0, shuffle=False)
     return history.history["loss"], model.get_weights()
 
 
-def test_training_learns_and_is_deterministic(params: Params, tiny_dataset: Dataset) -> None:
-    losses, weights = train_once(params, tiny_dataset)
-    again_losses, again_weights = train_once(params, tiny_dataset)
+def test_training_learns_and_is_deterministic(params: Params, tiny_shards: shards.ShardedDataset) -> None:
+    losses, weights = train_once(params, tiny_shards)
+    again_losses, again_weights = train_once(params, tiny_shards)
     assert losses[-1] < losses[0]
     assert losses == again_losses
     assert all(np.array_equal(a, b) for a, b in zip(weights, again_weights, strict=True))
 
 
-def test_categorical_loss_trains(params: Params, tiny_dataset: Dataset) -> None:
-    losses, _ = train_once(params, tiny_dataset, loss="categorical_crossentropy")
+def test_categorical_loss_trains(params: Params, tiny_shards: shards.ShardedDataset) -> None:
+    losses, _ = train_once(params, tiny_shards, loss="categorical_crossentropy")
     assert losses[-1] < losses[0]
 
 
@@ -57,10 +72,10 @@ def test_speed_params_reach_the_model(params: Params) -> None:
         runtime.seed_everything(settings.seed)
 
 
-def test_xla_training_learns(params: Params, tiny_dataset: Dataset) -> None:
+def test_xla_training_learns(params: Params, tiny_shards: shards.ShardedDataset) -> None:
     settings = tiny(params, jit_compile=True, augment_translation=0.0)
     try:
-        losses, _ = train_once(params.model_copy(update={"train": settings}), tiny_dataset, deterministic=False)
+        losses, _ = train_once(params.model_copy(update={"train": settings}), tiny_shards, deterministic=False)
     finally:
         runtime.seed_everything(settings.seed)
     assert losses[-1] < losses[0]

@@ -70,8 +70,8 @@ def test_non_finite_loss_fails_the_run_with_a_reason(pipeline, tmp_path: Path, m
     with pytest.raises(ValueError, match=r"training diverged: loss became nan in epoch 1; lower train.learning_rate"):
         training.train_model(
             params,
-            paths["train"],
-            paths["validation"],
+            paths["dataset"],
+            paths["membership"],
             outputs["model"],
             outputs["history.csv"],
             outputs["summary.json"],

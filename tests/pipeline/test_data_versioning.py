@@ -13,9 +13,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from image_classification import artifacts
+from image_classification.data import shards
 from image_classification.modeling import trained_model
-from tests.conftest import git, make_project, merged
+from tests.conftest import git, make_project, merged, split_images
 from tests.data.test_sources import png, write_tree
 from tests.pipeline.test_dvc_repro import STAGES, dvc, repro
 
@@ -31,6 +31,10 @@ def commit(root: Path, message: str) -> str:
     git(root, "add", "--all")
     git(root, "commit", "--quiet", "--message", message)
     return git(root, "rev-parse", "HEAD").strip()
+
+
+def paths(root: Path) -> dict[str, Path]:
+    return {"dataset": root / "data/prepared", "membership": root / "data/split/membership.npz"}
 
 
 def raw_files(root: Path) -> dict[str, bytes]:
@@ -100,7 +104,9 @@ def test_each_kind_of_change_reruns_prepare(versioned: dict) -> None:
     params = yaml.safe_load((root / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump(merged(params, {"data": {"channels": 3}}), sort_keys=False))
     assert repro(root, "split") == ["prepare", "split"]
-    assert artifacts.load_dataset(root / "data/split/train.npz").images.shape[3] == 3
+    with shards.open_dataset(root / "data/prepared", verify=True) as data:
+        assert data.image_shape == (12, 12, 3)
+    assert split_images(paths(root), "train").images.shape[3] == 3
     git(root, "checkout", "--quiet", "--", "params.yaml")
 
 
@@ -120,7 +126,9 @@ def test_new_image_reruns_all_and_checkout_restores_each_revision(versioned: dic
     dvc(root, "checkout")
     assert raw_files(root) == versioned["files"]
     assert trained_model.run_id(root / "models/trained") == versioned["run"]
-    assert len(artifacts.load_dataset(root / "data/prepared/dataset.npz")) == 60
+    with shards.open_dataset(root / "data/prepared", verify=True) as data:
+        assert len(data) == 60
+    assert sum(len(split_images(paths(root), name)) for name in ("train", "validation", "test")) == 60
     assert dvc(root, "status").stdout.strip() == "Data and pipelines are up to date."
 
     git(root, "checkout", "--quiet", second)

@@ -12,10 +12,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from image_classification import artifacts
 from image_classification.modeling import trained_model
 from image_classification.serving import savedmodel
-from tests.conftest import git, make_project, pipeline_env
+from tests.conftest import git, make_project, pipeline_env, split_images
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +53,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_outputs_exist(built: Path) -> None:
     for path in [
-        "data/prepared/dataset.npz",
-        "data/split/train.npz",
+        "data/prepared/manifest.json",
+        "data/prepared/images-00000.npy",
+        "data/split/membership.npz",
         "models/trained/model.keras",
         "models/trained/mlflow_run.json",
         "models/serving/digits/1/saved_model.pb",
@@ -65,6 +65,13 @@ def test_outputs_exist(built: Path) -> None:
         "mlflow.db",
     ]:
         assert (built / path).exists(), path
+    # DVC tracks the prepared dataset as one folder and the split as one membership file.
+    lock = yaml.safe_load((built / "dvc.lock").read_text())["stages"]
+    assert [out["path"] for out in lock["prepare"]["outs"]] == ["data/prepared", "reports/data/statistics.json"]
+    assert lock["prepare"]["outs"][0]["md5"].endswith(".dir")
+    assert [out["path"] for out in lock["split"]["outs"]] == ["data/split/membership.npz", "reports/data/split.json"]
+    for stage in ("train", "evaluate", "export"):
+        assert {"data/prepared", "data/split/membership.npz"} <= {dep["path"] for dep in lock[stage]["deps"]}, stage
 
 
 def test_mlflow_run_in_project_store(built: Path) -> None:
@@ -100,7 +107,9 @@ def test_mlflow_run_in_project_store(built: Path) -> None:
 
 
 def test_savedmodel_reloads_and_matches(built: Path) -> None:
-    test_set = artifacts.load_dataset(built / "data/split/test.npz")
+    test_set = split_images(
+        {"dataset": built / "data/prepared", "membership": built / "data/split/membership.npz"}, "test"
+    )
     outputs = savedmodel.predict_savedmodel(built / "models/serving/digits/1", test_set.images)
     expected = trained_model.load_model(built / "models/trained").predict(test_set.images, verbose=0)
     assert np.array_equal(outputs["class_id"], expected.argmax(axis=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 from pathlib import Path
 
@@ -12,12 +13,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from image_classification import artifacts, config
+from image_classification import config
 from image_classification.config import Params, ParamsError, load_params, parse_params
 from image_classification.data import dataset as dataset_lib
-from image_classification.data import images, split
+from image_classification.data import images, shards, split
 from image_classification.data.dataset import Dataset
-from tests.conftest import raw_params
+from tests.conftest import make_images, raw_params, write_shards
 
 PROFILE = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
@@ -69,15 +70,49 @@ def test_arbitrary_params_files_load_or_fail_clearly(text: str) -> None:
 
 
 @PROFILE
-@given(data=st.binary(max_size=600))
-def test_arbitrary_bytes_as_a_dataset_file_fail_clearly(data: bytes) -> None:
+@given(
+    name=st.sampled_from([shards.MANIFEST, "images-00000.npy", shards.LABELS, shards.HASHES]),
+    data=st.binary(max_size=600),
+)
+def test_arbitrary_bytes_as_a_prepared_dataset_file_fail_clearly(name: str, data: bytes) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "dataset.npz"
-        path.write_bytes(data)
+        prepared = write_shards(Path(folder) / "prepared", make_images())  # every file above holds over 600 bytes
+        (prepared / name).write_bytes(data)
         try:
-            artifacts.load_dataset(path)
+            shards.open_dataset(prepared, verify=True)
         except ValueError as error:
-            assert str(path) in str(error)
+            assert str(prepared / name) in str(error)
+            assert "\n" not in str(error)
+        else:
+            raise AssertionError(f"{name} replaced by {data!r} went unnoticed")
+
+
+MANIFEST_FIELDS = [("format",), ("format_version",), ("image_shape",), ("image_shape", 1), ("images",),
+                   ("class_names",), ("class_names", 0), ("labels",), ("labels", "rows"), ("labels", "file"),
+                   ("hashes", "bytes"), ("shards",), ("shards", 0), ("shards", 0, "file"), ("shards", 0, "rows"),
+                   ("shards", 0, "bytes"), ("shards", 0, "md5")]  # fmt: skip
+
+
+@PROFILE
+@given(field=st.sampled_from(MANIFEST_FIELDS), value=values)
+def test_arbitrary_manifest_values_open_or_fail_clearly(field: tuple, value) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        dataset = make_images()
+        prepared = write_shards(Path(folder) / "prepared", dataset)
+        manifest = json.loads((prepared / shards.MANIFEST).read_text())
+        *parents, last = field
+        container = manifest
+        for key in parents:
+            container = container[key]
+        container[last] = value
+        (prepared / shards.MANIFEST).write_text(json.dumps(manifest))
+        try:
+            with shards.open_dataset(prepared) as data:
+                assert np.array_equal(data.read(np.arange(len(data))), dataset.images)
+                assert np.array_equal(data.labels, dataset.labels)
+        except ValueError as error:
+            assert str(prepared) in str(error)
+            assert "\n" not in str(error)
 
 
 @PROFILE
@@ -96,24 +131,38 @@ def test_arbitrary_arrays_validate_or_fail_clearly(images: np.ndarray, labels: n
     except ValueError as error:
         assert str(error)
         return
-    # Whatever validates must survive the rest of the data path.
+    # Whatever validates must survive the rest of the data path, the prepared dataset's shards included.
     statistics = dataset_lib.statistics(dataset)
     assert statistics["images"] == len(images)
-    assert len(dataset_lib.content_hashes(images)) == len(images)
+    hashes = dataset_lib.content_hashes(images)
+    assert hashes.shape == (len(images), dataset_lib.HASH_BYTES)
+    with tempfile.TemporaryDirectory() as folder, shards.open_dataset(write_shards(Path(folder), dataset)) as data:
+        assert np.array_equal(data.read(np.arange(len(images))), images)
+        assert np.array_equal(data.labels, labels)
+        assert np.array_equal(data.hashes, hashes)
+        assert data.class_names == dataset.class_names
 
 
 @PROFILE
-@given(labels=st.lists(st.integers(0, 3), min_size=0, max_size=40), seed=st.integers(0, 2**31))
-def test_arbitrary_labels_split_or_fail_clearly(labels: list[int], seed: int) -> None:
-    labels_array = np.array(labels, dtype=np.int64)
-    hashes = [str(index) for index in range(len(labels))]
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 30)), min_size=0, max_size=40),
+    seed=st.integers(0, 2**31),
+)
+def test_arbitrary_labels_split_or_fail_clearly(rows: list[tuple[int, int]], seed: int) -> None:
+    labels = np.array([label for label, _ in rows], dtype=np.int64)
+    # Rows drawn with the same image number are copies of one image.
+    images_drawn = np.array([image for _, image in rows], dtype=np.int64).reshape(-1, 1)
+    hashes = dataset_lib.content_hashes(images_drawn)
     try:
-        indices = split.stratified_split(labels_array, hashes, 0.2, 0.2, seed)
+        indices = split.stratified_split(labels, hashes, 0.2, 0.2, seed)
     except ValueError as error:
         assert "cannot split" in str(error)
         return
-    rows = np.concatenate([indices.train, indices.validation, indices.test])
-    assert sorted(rows.tolist()) == list(range(len(labels)))
+    parts = [indices.train, indices.validation, indices.test]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(labels)))
+    images_of = [set(images_drawn[part, 0].tolist()) for part in parts]
+    for first, second in ((0, 1), (0, 2), (1, 2)):
+        assert not images_of[first] & images_of[second]
 
 
 IMAGE_MODES = {"L": 1, "RGB": 3, "RGBA": 4}

@@ -1,17 +1,26 @@
-"""The five stage functions chained: reruns are identical; a failing stage leaves the previous outputs whole."""
+"""The five stage functions chained: reruns are identical; a failing stage leaves the previous outputs whole.
+
+Train, evaluate and export stop in one line, naming the shard, when a shard of the prepared dataset is corrupt.
+"""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from mlflow.tracking import MlflowClient
 
-from image_classification import artifacts
+from image_classification import artifacts, runner
 from image_classification.config import Params
 from image_classification.data import prepare, split
 from image_classification.modeling import evaluation, training
 from image_classification.serving import savedmodel
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, merged, pipeline_env, raw_params, split_images
 from tests.stage_chain import copy_outputs, export_run, run_stage_chain, snapshot
 
 pytestmark = pytest.mark.slow
@@ -24,7 +33,7 @@ def test_rerun_gives_identical_metrics(pipeline, tmp_path: Path) -> None:
         again = run_stage_chain(params, tmp_path)
     for name in ("statistics", "split_report", "history", "summary", "metrics", "per_class", "confusion"):
         assert again[name].read_bytes() == paths[name].read_bytes(), name
-    test_images = artifacts.load_dataset(paths["test"]).images
+    test_images = split_images(paths, "test").images
     assert np.array_equal(
         savedmodel.predict_savedmodel(again["savedmodel"], test_images)["probabilities"],
         savedmodel.predict_savedmodel(paths["savedmodel"], test_images)["probabilities"],
@@ -41,7 +50,7 @@ def test_rerun_gives_identical_metrics(pipeline, tmp_path: Path) -> None:
 
 STAGE_OUTPUTS = {
     "prepare": ("dataset", "statistics"),
-    "split": ("train", "validation", "test", "split_report"),
+    "split": ("membership", "split_report"),
     "train": ("model", "history", "summary", "timing"),
     "evaluate": ("metrics", "per_class", "confusion", "figure"),
     "export": ("savedmodel", "card", "export_report"),
@@ -62,14 +71,14 @@ def rerun(stage: str, params: Params, paths: dict[str, Path], outputs: dict[str,
     if stage == "prepare":
         prepare.prepare_dataset(params.data, outputs["dataset"], outputs["statistics"])
     elif stage == "split":
-        splits = {name: outputs[name] for name in ("train", "validation", "test")}
-        split.split_dataset(params.split, paths["dataset"], splits, outputs["split_report"])
+        split.split_dataset(params.split, paths["dataset"], outputs["membership"], outputs["split_report"])
     elif stage == "train":
-        training.train_model(params, paths["train"], paths["validation"], outputs["model"], outputs["history"],
+        training.train_model(params, paths["dataset"], paths["membership"], outputs["model"], outputs["history"],
                              outputs["summary"], outputs["timing"], scratch / "checkpoints")  # fmt: skip
     elif stage == "evaluate":
-        evaluation.evaluate_model(params.evaluate, paths["model"], paths["test"], outputs["metrics"],
-                                  outputs["per_class"], outputs["confusion"], outputs["figure"])  # fmt: skip
+        evaluation.evaluate_model(params.evaluate, paths["model"], paths["dataset"], paths["membership"],
+                                  outputs["metrics"], outputs["per_class"], outputs["confusion"],
+                                  outputs["figure"])  # fmt: skip
     else:
         export_run(params, paths, outputs["savedmodel"], outputs["export_report"], outputs["card"])
 
@@ -88,7 +97,8 @@ def test_failing_stage_leaves_previous_outputs_whole(
     outputs = copy_outputs(paths, STAGE_OUTPUTS[stage], tmp_path / "outputs")
     before = snapshot(tmp_path / "outputs")
     writer = {
-        "prepare": (np, "savez"),
+        # The shards and labels are .npy files; the membership is an .npz.
+        "prepare": (np, "save"),
         "split": (np, "savez"),
         "train": (keras.Model, "save"),
         "evaluate": (Figure, "savefig"),
@@ -102,3 +112,67 @@ def test_failing_stage_leaves_previous_outputs_whole(
     assert sorted(path.name for path in (tmp_path / "outputs").iterdir()) == sorted(
         path.name for path in outputs.values()
     )
+
+
+# A damaged shard: train, evaluate and export check every shard's md5 before they read an image.
+
+
+def stage_command(stage: str, params_file: Path, paths: dict[str, Path], dataset: Path, out: Path) -> list[str]:
+    """The stage's command line as dvc.yaml gives it, reading `dataset` and writing under `out`."""
+    inputs = ["--params", str(params_file), "--dataset", str(dataset), "--membership", str(paths["membership"])]
+    options = {
+        "train": ["--model-dir", out / "model", "--history", out / "history.csv", "--summary", out / "summary.json",
+                  "--timing", out / "timing.json", "--checkpoint-dir", out / "checkpoints"],
+        "evaluate": ["--model-dir", paths["model"], "--metrics", out / "metrics.json",
+                     "--per-class", out / "per_class.csv", "--confusion", out / "confusion.csv",
+                     "--figure", out / "confusion_matrix.png"],
+        "export": ["--model-dir", paths["model"], "--metrics", paths["metrics"],
+                   "--data-statistics", paths["statistics"], "--output", out / "digits/1",
+                   "--card", out / "digits/model_card.json", "--report", out / "report.json"],
+    }[stage]  # fmt: skip
+    return [sys.executable, "-m", f"stages.{stage}", *inputs, *map(str, options)]
+
+
+def run_statuses(uri: str) -> dict[str, str]:
+    client = MlflowClient(uri)
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    return {run.info.run_id: run.info.status for run in client.search_runs(experiments)}
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate", "export"])
+def test_a_corrupt_shard_stops_the_stage_with_one_line_naming_it(pipeline, stage: str, tmp_path: Path) -> None:
+    _, paths, uri = pipeline
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(merged(raw_params(), TINY_OVERRIDES), sort_keys=False))
+    # A copy of the session's store: evaluate and export look up the run that trained the model.
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    shutil.copy2(uri.removeprefix("sqlite:///"), tmp_path / "mlflow.db")
+    before = run_statuses(store)
+    dataset = tmp_path / "prepared"
+    shutil.copytree(paths["dataset"], dataset)
+    shard = dataset / "images-00000.npy"
+    content = bytearray(shard.read_bytes())
+    content[len(content) // 2] ^= 0x10  # one bit, same size: only the md5 tells
+    shard.write_bytes(bytes(content))
+    out = tmp_path / "out"
+    out.mkdir()
+
+    result = subprocess.run(
+        stage_command(stage, params_file, paths, dataset, out),
+        cwd=PROJECT_ROOT,
+        env=pipeline_env(MLFLOW_TRACKING_URI=store),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == runner.EXIT_ERROR, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{stage}: error")]
+    assert errors == [
+        f"{stage}: error: {shard}: does not match its md5 in the manifest (corrupt); run `dvc checkout {dataset}` "
+        "to restore it from the DVC cache, or `dvc repro prepare --force` to write it again"
+    ]
+    assert result.stderr.splitlines()[-1] == errors[0]
+    assert list(out.iterdir()) == []
+    # Stopped before any MLflow run was started or resumed.
+    assert run_statuses(store) == before

@@ -10,10 +10,10 @@ from mlflow.tracking import MlflowClient
 
 from image_classification import artifacts, runner
 from image_classification.config import Params, parse_params
-from image_classification.data import samples
+from image_classification.data import samples, shards, split
 from image_classification.modeling import trained_model
 from image_classification.serving import savedmodel
-from tests.conftest import free_port, merged
+from tests.conftest import free_port, merged, split_images
 from tests.stage_chain import copy_outputs, export_run, snapshot
 
 pytestmark = pytest.mark.slow
@@ -24,10 +24,15 @@ def test_savedmodel_matches_keras(pipeline) -> None:
     report = artifacts.read_json(paths["export_report"])
     assert report["mismatched_classes"] == 0
     assert report["max_abs_difference"] <= 1e-5
-    test_set = artifacts.load_dataset(paths["test"])
+    test_set = split_images(paths, "test")
     outputs = savedmodel.predict_savedmodel(paths["savedmodel"], test_set.images)
     expected = trained_model.load_model(paths["model"]).predict(test_set.images, verbose=0)
     assert np.array_equal(outputs["class_id"], expected.argmax(axis=1))
+    # Streamed from the shards a batch at a time, as export checks it: the same outputs.
+    with shards.open_dataset(paths["dataset"]) as data:
+        rows = split.read_membership(paths["membership"], data, ("test",))["test"]
+    streamed = savedmodel.predict_shards(paths["savedmodel"], paths["dataset"], rows)
+    assert all(np.array_equal(streamed[name], outputs[name]) for name in outputs)
     assert not list(paths["savedmodel"].parent.glob(".*.tmp"))
 
 
@@ -36,7 +41,7 @@ def test_model_card_describes_the_export(pipeline) -> None:
     card = artifacts.read_json(paths["card"])
     report = artifacts.read_json(paths["export_report"])
     statistics = artifacts.read_json(paths["statistics"])
-    test_set = artifacts.load_dataset(paths["test"])
+    test_set = split_images(paths, "test")
     assert card["model_name"] == "digits"
     assert card["version"] == 1
     assert card["input"] == {"name": "images", "dtype": "uint8", "shape": [None, 28, 28, 1]}
@@ -44,6 +49,13 @@ def test_model_card_describes_the_export(pipeline) -> None:
     assert card["class_names"] == list(test_set.class_names)
     assert card["data"]["digest"] == statistics["data_version"]["digest"]
     assert card["data"]["test_images"] == 45
+    # The test digest names the prepared dataset's content and the test rows, as split reported it.
+    assert card["data"]["test_digest"] == artifacts.read_json(paths["split_report"])["splits"]["test"]["digest"]
+    with shards.open_dataset(paths["dataset"]) as data:
+        rows = split.read_membership(paths["membership"], data, ("test",))["test"]
+        assert card["data"]["test_digest"] == split.split_digest(data, rows)
+    run = MlflowClient(uri).get_run(trained_model.run_id(paths["model"]))
+    assert run.data.tags["data.test_digest"] == card["data"]["test_digest"]
     assert card["test_metrics"] == artifacts.read_json(paths["metrics"])
     assert card["mlflow"] == {
         "run_id": trained_model.run_id(paths["model"]),
@@ -188,7 +200,7 @@ def test_tf_serving_layout_and_request_body(pipeline, tmp_path: Path) -> None:
     assert set(signature.structured_outputs) == {"probabilities", "class_id", "class_name"}
     (input_name, spec), *_ = signature.structured_input_signature[1].items()
 
-    samples.run(paths["test"], 3, request=tmp_path / "request.json")  # as the README builds it
+    samples.run(paths["dataset"], paths["membership"], 3, request=tmp_path / "request.json")  # as the README builds it
     body = json.loads((tmp_path / "request.json").read_text())
     # One named input: TF Serving maps the instances onto it, row by row.
     assert list(body) == ["instances"]
@@ -239,7 +251,7 @@ def test_mlflow_serves_the_registered_version_over_rest(pipeline, tmp_path: Path
     try:
         wait_until_up(f"{url}/ping", server, log_path, timeout=180)
 
-        samples.run(paths["test"], 5, request=tmp_path / "request.json")
+        samples.run(paths["dataset"], paths["membership"], 5, request=tmp_path / "request.json")
         body = json.loads((tmp_path / "request.json").read_text())
         status, answer = post(f"{url}/invocations", body)
         assert status == 200, answer

@@ -10,6 +10,7 @@ from image_classification.config import Params
 from image_classification.data.dataset import Dataset
 from image_classification.modeling import architecture, runtime
 from image_classification.serving import savedmodel
+from tests.conftest import write_shards
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,25 @@ def test_reloaded_model_matches_keras_at_any_batch_size(exported: tuple, batch: 
     assert np.array_equal(outputs["class_id"], expected.argmax(axis=1))
     names = np.array(dataset.class_names)[outputs["class_id"]]
     assert outputs["class_name"].astype(str).tolist() == names.tolist()
+
+
+def test_rows_streamed_from_shards_give_the_same_outputs(exported: tuple, tmp_path: Path) -> None:
+    _, dataset, path = exported
+    folder = write_shards(tmp_path / "prepared", dataset)
+    rows = np.array([29, 3, 4, 5, 17, 0, 12])
+    # The same batches as the array gives, so that the outputs are equal to the bit.
+    expected = savedmodel.predict_savedmodel(path, dataset.images[rows], batch_size=3)
+    streamed = savedmodel.predict_shards(path, folder, rows, batch_size=3)
+    batches = savedmodel.predict_savedmodel(path, (dataset.images[rows[start : start + 3]] for start in range(0, 7, 3)))
+    for name in expected:
+        assert np.array_equal(streamed[name], expected[name]), name
+        assert np.array_equal(batches[name], expected[name]), name
+
+
+def test_streaming_from_a_folder_without_a_prepared_dataset_fails(exported: tuple, tmp_path: Path) -> None:
+    _, _, path = exported
+    with pytest.raises(ValueError, match=r"no prepared dataset \(manifest.json missing\); run `dvc repro prepare`"):
+        savedmodel.predict_shards(path, tmp_path, np.arange(3))
 
 
 def test_serve_rejects_wrong_dtype_and_shape(exported: tuple) -> None:

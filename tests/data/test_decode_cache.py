@@ -1,0 +1,108 @@
+"""The decoded-image cache: keys that change with whatever changes the decoding, and entries that read back exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from image_classification.data import decode_cache, images
+from image_classification.data.dataset import content_hashes, flat_values
+from tests.conftest import make_images
+
+SPEC = images.ImageSpec(12, 12, 1)
+MD5 = "0123456789abcdef0123456789abcdef"
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_keys_follow_the_content_the_suffix_and_the_rules() -> None:
+    tag = decode_cache.rules_tag(SPEC)
+    assert decode_cache.rules_tag(images.ImageSpec(12, 12, 1)) == tag
+    key = decode_cache.file_key(MD5, "cat/a.png", tag)
+    # The name counts by its suffix only, whatever its case: a renamed or moved file is not decoded again.
+    assert decode_cache.file_key(MD5, "dog/deeper/B.PNG", tag) == key
+    assert decode_cache.file_key(MD5, "cat/a.jxl", tag) != key  # refused by name
+    assert decode_cache.file_key(MD5, "cat/a", tag) != key
+    assert decode_cache.file_key("f" * 32, "cat/a.png", tag) != key
+    changes = {"height": 13, "width": 11, "channels": 3, "interpolation": "nearest", "aspect": "crop",
+               "background": "black", "max_pixels": 1000}  # fmt: skip
+    tags = {decode_cache.rules_tag(dataclasses.replace(SPEC, **{name: value})) for name, value in changes.items()}
+    assert len(tags | {tag}) == len(changes) + 1
+    assert decode_cache.file_key(MD5, "cat/a.png", tags.pop()) != key
+
+
+def test_a_new_cache_version_changes_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = decode_cache.rules_tag(SPEC)
+    monkeypatch.setattr(decode_cache, "CACHE_VERSION", decode_cache.CACHE_VERSION + 1)
+    assert decode_cache.rules_tag(SPEC) != before
+
+
+def test_decode_entry_keeps_what_decoding_gave() -> None:
+    image = make_images(classes=3, per_class=1).images[0]
+    entry = decode_cache.decode_entry(png(image[:, :, 0]), "a.png", SPEC)
+    assert entry.reason is None
+    assert entry.pixels == image.tobytes()
+    assert entry.content_hash == content_hashes(image[np.newaxis]).tobytes()
+    assert entry.flat == -1
+    assert decode_cache.decode_entry(png(np.full((5, 7), 9, np.uint8)), "a.png", SPEC).flat == 9
+    refused = decode_cache.decode_entry(png(image[:, :, 0]), "a.svg", SPEC)
+    assert refused == decode_cache.Entry(images.UNSUPPORTED_SUFFIXES[".svg"])
+    assert decode_cache.decode_entry(b"", "a.png", SPEC) == decode_cache.Entry("empty file (0 bytes)")
+
+
+def test_entries_read_back_in_the_order_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decode_cache, "QUERY_ROWS", 2)  # several queries, each answering a part
+    dataset = make_images(classes=2, per_class=3)
+    pixels = np.concatenate([dataset.images, np.full((1, 12, 12, 1), 200, np.uint8)])
+    keys = [f"{row}:.png:rules" for row in range(len(pixels))]
+    entries = [decode_cache.decode_entry(png(image[:, :, 0]), "x.png", SPEC) for image in pixels]
+    with decode_cache.DecodeCache(tmp_path / "decoded.sqlite") as cache:
+        cache.store([*zip(keys, entries, strict=True), ("bad", decode_cache.Entry("not a readable image: x"))])
+    with decode_cache.DecodeCache(tmp_path / "decoded.sqlite") as cache:  # kept on disk
+        asked = [keys[6], "bad", keys[0], keys[6], keys[3], keys[2]]
+        reasons, hashes, flat = cache.outcomes(asked)
+        assert reasons == [None, "not a readable image: x", None, None, None, None]
+        wanted = pixels[[6, 0, 6, 3, 2]]
+        assert np.array_equal(hashes[[0, 2, 3, 4, 5]], content_hashes(wanted))
+        assert not hashes[1].any()
+        assert flat.tolist() == [200, -1, *flat_values(wanted[1:]).tolist()]
+        assert np.array_equal(cache.pixels([keys[6], keys[0], keys[6], keys[3], keys[2]], (12, 12, 1)), wanted)
+        assert cache.pixels([], (12, 12, 1)).shape == (0, 12, 12, 1)
+
+
+def test_missing_gives_the_positions_of_unknown_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decode_cache, "QUERY_ROWS", 2)
+    with decode_cache.DecodeCache(tmp_path / "decoded.sqlite") as cache:
+        assert cache.missing(["a", "b"]) == [0, 1]
+        cache.store([("a", decode_cache.Entry("bad")), ("c", decode_cache.Entry(None, b"\0", bytes(16), 0))])
+        assert cache.missing(["a", "b", "c", "d", "b", "a"]) == [1, 3, 4]
+        assert cache.missing([]) == []
+
+
+def test_unknown_and_failed_keys_have_no_pixels(tmp_path: Path) -> None:
+    with decode_cache.DecodeCache(tmp_path / "decoded.sqlite") as cache:
+        cache.store([("bad", decode_cache.Entry("not a readable image"))])
+        with pytest.raises(KeyError, match="bad"):
+            cache.pixels(["bad"], (12, 12, 1))
+        with pytest.raises(KeyError, match="unknown"):
+            cache.pixels(["unknown"], (12, 12, 1))
+        with pytest.raises(KeyError, match="unknown"):
+            cache.outcomes(["bad", "unknown"])
+
+
+def test_a_file_that_is_not_a_cache_says_to_delete_it(tmp_path: Path) -> None:
+    path = tmp_path / "decoded.sqlite"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    expected = rf"^{re.escape(str(path))}: unusable decoded-image cache \([^\n]*\); delete it \(prepare decodes"
+    with pytest.raises(ValueError, match=expected + r" every file again\)$"):
+        decode_cache.DecodeCache(path)

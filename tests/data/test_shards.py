@@ -1,0 +1,209 @@
+"""The prepared dataset on disk: shards of bounded size read back by row, and one-line errors for damaged files."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from image_classification.data import shards
+from image_classification.data.dataset import Dataset, content_hashes
+from tests.conftest import write_shards
+
+# 60 images of 12x12x1 at 7 images per shard: 8 full shards and one of 4.
+ROWS_PER_SHARD = 7
+
+
+@pytest.fixture
+def small_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shards, "SHARD_BYTES", ROWS_PER_SHARD * 12 * 12)
+
+
+def starting(path: Path, text: str) -> str:
+    """A pattern for a message that starts with `path`, then `text`, and stays on one line."""
+    return rf"^{re.escape(str(path))}: {re.escape(text)}[^\n]*$"
+
+
+def test_rows_read_back_in_any_order_across_shards(tmp_path: Path, tiny_dataset: Dataset, small_shards) -> None:
+    folder = write_shards(tmp_path / "prepared", tiny_dataset)
+    manifest = json.loads((folder / shards.MANIFEST).read_text())
+    assert [shard["rows"] for shard in manifest["shards"]] == [7] * 8 + [4]
+    assert sorted(path.name for path in folder.glob("images-*.npy")) == [
+        f"images-{index:05d}.npy" for index in range(9)
+    ]
+    rng = np.random.default_rng(5)
+    with shards.open_dataset(folder, verify=True) as data:
+        assert len(data) == 60
+        assert data.class_names == tiny_dataset.class_names
+        assert data.image_shape == (12, 12, 1)
+        assert np.array_equal(data.labels, tiny_dataset.labels)
+        assert np.array_equal(data.hashes, content_hashes(tiny_dataset.images))
+        assert np.array_equal(data.read(np.arange(60)), tiny_dataset.images)  # runs that cross shard boundaries
+        shuffled = rng.permutation(60)
+        assert np.array_equal(data.read(shuffled), tiny_dataset.images[shuffled])
+        repeated = [59, 0, 0, 6, 7, 8, 13, 14, 3]
+        assert np.array_equal(data.read(repeated), tiny_dataset.images[repeated])
+        batches = list(data.batches(shuffled, 11))
+        assert [len(batch) for batch in batches] == [11] * 5 + [5]
+        assert np.array_equal(np.concatenate(batches), tiny_dataset.images[shuffled])
+        assert data.read([]).shape == (0, 12, 12, 1)
+
+
+def test_adding_in_pieces_writes_the_same_files(tmp_path: Path, tiny_dataset: Dataset, small_shards) -> None:
+    whole = write_shards(tmp_path / "whole", tiny_dataset)
+    hashes = content_hashes(tiny_dataset.images)
+    with shards.ShardWriter(tmp_path / "pieces", (12, 12, 1), tiny_dataset.class_names) as writer:
+        for start, stop in ((0, 3), (3, 20), (20, 21), (21, 60)):
+            writer.add(tiny_dataset.images[start:stop], tiny_dataset.labels[start:stop], hashes[start:stop])
+    assert snapshot(tmp_path / "pieces") == snapshot(whole)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_pixel_mean_and_std_are_those_of_every_pixel(tmp_path: Path, tiny_dataset: Dataset) -> None:
+    with shards.ShardWriter(tmp_path / "prepared", (12, 12, 1), tiny_dataset.class_names) as writer:
+        assert writer.pixel_mean_std() == (None, None)
+        writer.add(tiny_dataset.images, tiny_dataset.labels, content_hashes(tiny_dataset.images))
+        mean, std = writer.pixel_mean_std()
+    assert mean == pytest.approx(tiny_dataset.images.mean(), rel=1e-12)
+    assert std == pytest.approx(tiny_dataset.images.std(), rel=1e-9)
+
+
+def test_the_digest_names_the_content(tmp_path: Path, tiny_dataset: Dataset) -> None:
+    first = shards.open_dataset(write_shards(tmp_path / "a", tiny_dataset)).digest
+    assert shards.open_dataset(write_shards(tmp_path / "b", tiny_dataset)).digest == first
+    images = tiny_dataset.images.copy()
+    images[-1, -1, -1, 0] ^= 1
+    changed = Dataset(images, tiny_dataset.labels, tiny_dataset.class_names)
+    assert shards.open_dataset(write_shards(tmp_path / "c", changed)).digest != first
+
+
+def test_the_writer_refuses_images_of_another_shape_or_type(tmp_path: Path, tiny_dataset: Dataset) -> None:
+    with shards.ShardWriter(tmp_path / "prepared", (12, 12, 1), tiny_dataset.class_names) as writer:
+        with pytest.raises(
+            ValueError, match=r"expected uint8 images of shape \(12, 12, 1\), got uint8 \(2, 12, 12, 3\)"
+        ):
+            writer.add(np.zeros((2, 12, 12, 3), np.uint8), np.zeros(2, np.int64), np.zeros((2, 16), np.uint8))
+        with pytest.raises(ValueError, match="got float32"):
+            writer.add(np.zeros((2, 12, 12, 1), np.float32), np.zeros(2, np.int64), np.zeros((2, 16), np.uint8))
+
+
+def test_a_writer_that_fails_leaves_no_manifest(tmp_path: Path, tiny_dataset: Dataset, small_shards) -> None:
+    folder = tmp_path / "prepared"
+
+    def interrupted_write() -> None:
+        with shards.ShardWriter(folder, (12, 12, 1), ("a", "b")) as writer:
+            writer.add(tiny_dataset.images, tiny_dataset.labels, content_hashes(tiny_dataset.images))
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        interrupted_write()
+    assert list(folder.glob("images-*.npy"))  # the full shards were written
+    assert not (folder / shards.MANIFEST).exists()
+    with pytest.raises(ValueError, match=r"no prepared dataset \(manifest.json missing\); run `dvc repro prepare`$"):
+        shards.open_dataset(folder)
+
+
+def test_a_truncated_shard_stops_at_open_naming_the_file(tmp_path: Path, tiny_dataset: Dataset, small_shards) -> None:
+    folder = write_shards(tmp_path / "prepared", tiny_dataset)
+    shard = folder / "images-00003.npy"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=starting(shard, "truncated or padded (")) as caught:
+        shards.open_dataset(folder)
+    assert f"run `dvc checkout {folder}`" in str(caught.value)
+
+
+def test_a_shard_cut_short_after_opening_stops_the_read(tmp_path: Path, tiny_dataset: Dataset, small_shards) -> None:
+    folder = write_shards(tmp_path / "prepared", tiny_dataset)
+    with shards.open_dataset(folder) as data:
+        shard = folder / "images-00008.npy"
+        shard.write_bytes(shard.read_bytes()[:-1])
+        assert np.array_equal(data.read([0, 1]), tiny_dataset.images[:2])
+        with pytest.raises(ValueError, match=starting(shard, "is shorter than its manifest says")):
+            data.read([59])
+
+
+@pytest.mark.parametrize("name", ["images-00002.npy", shards.LABELS, shards.HASHES])
+def test_a_corrupt_file_of_the_same_size_fails_verify_naming_it(
+    tmp_path: Path, tiny_dataset: Dataset, small_shards, name: str
+) -> None:
+    folder = write_shards(tmp_path / "prepared", tiny_dataset)
+    data = bytearray((folder / name).read_bytes())
+    data[-1] ^= 0x01
+    (folder / name).write_bytes(bytes(data))
+    corrupt = starting(folder / name, "does not match its md5 in the manifest (corrupt); run `dvc checkout")
+    # Sizes and headers are intact: opening does not read every byte, verifying does.
+    with shards.open_dataset(folder) as opened, pytest.raises(ValueError, match=corrupt):
+        opened.verify()
+    with pytest.raises(ValueError, match="corrupt"):
+        shards.open_dataset(folder, verify=True)
+
+
+def test_a_missing_shard_says_to_pull_it(tmp_path: Path, tiny_dataset: Dataset) -> None:
+    folder = write_shards(tmp_path / "prepared", tiny_dataset)
+    (folder / "images-00000.npy").unlink()
+    missing = "shard missing from the prepared dataset; run `dvc pull` or `dvc repro prepare`"
+    with pytest.raises(ValueError, match=starting(folder / "images-00000.npy", missing)):
+        shards.open_dataset(folder)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x93NUMPY garbage", r"labels.npy: unreadable \(.*\); run `dvc checkout` or `dvc repro prepare`$"),
+        (b"PK\x03\x04 a zip, not an .npy", r"labels.npy: unreadable \(the magic string is not correct"),
+        (b"", r"labels.npy: unreadable \(EOF"),
+    ],
+)
+def test_an_unreadable_labels_file_is_one_line(
+    tmp_path: Path, tiny_dataset: Dataset, content: bytes, message: str
+) -> None:
+    folder = write_shards(tmp_path / "prepared", tiny_dataset)
+    (folder / shards.LABELS).write_bytes(content)
+    with pytest.raises(ValueError, match=message) as caught:
+        shards.open_dataset(folder)
+    assert "\n" not in str(caught.value)
+
+
+def test_labels_of_another_length_are_refused(tmp_path: Path, tiny_dataset: Dataset) -> None:
+    folder = write_shards(tmp_path / "prepared", tiny_dataset)
+    np.save(folder / shards.LABELS, tiny_dataset.labels[:-1])
+    with pytest.raises(ValueError, match=r"labels.npy: holds int64 \(59,\), the manifest says int64 \(60,\)$"):
+        shards.open_dataset(folder)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda manifest: "not json {", r"manifest.json: unreadable manifest \(.*\); run `dvc repro prepare`$"),
+        (lambda manifest: [1, 2], r"manifest.json: not a prepared dataset manifest; run `dvc repro prepare`$"),
+        (lambda manifest: {**manifest, "format_version": 99}, r"format version 99, this code reads 1; run `dvc repro"),
+        (lambda manifest: {**manifest, "shards": [{"file": "x"}]}, r"manifest.json: malformed manifest \("),
+        (
+            lambda manifest: {**manifest, "images": 61},
+            r"labels.npy: holds int64 \(60,\), the manifest says int64 \(61,",
+        ),
+        (lambda manifest: {**manifest, "image_shape": [12, 6, 2]}, r"images-00000.npy: holds uint8 \(60, 12, 12, 1\)"),
+    ],
+)
+def test_a_bad_manifest_is_one_line(tmp_path: Path, tiny_dataset: Dataset, edit, message: str) -> None:
+    folder = write_shards(tmp_path / "prepared", tiny_dataset)
+    path = folder / shards.MANIFEST
+    edited = edit(json.loads(path.read_text()))
+    path.write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    with pytest.raises(ValueError, match=message) as caught:
+        shards.open_dataset(folder)
+    assert "\n" not in str(caught.value)
+
+
+def test_rows_outside_the_dataset_are_an_index_error(tmp_path: Path, tiny_dataset: Dataset) -> None:
+    with shards.open_dataset(write_shards(tmp_path / "prepared", tiny_dataset)) as data:
+        with pytest.raises(IndexError, match=r"rows must lie in 0\.\.59, got 0\.\.60"):
+            data.read([0, 60])
+        with pytest.raises(IndexError, match=r"got -1\.\.3"):
+            data.read([3, -1])
