@@ -232,7 +232,6 @@ def load_image_folder(
             candidates += [(path, entry.name) for path in found]
             ignored += skipped
             hidden += hidden_inside
-
         else:
             ignored.append(Problem(entry.name, "file outside a class folder; images go in <class name>/ folders"))
 
@@ -410,7 +409,9 @@ def _decode_into(
     size = max(1, min(CHUNK_SIZE, CHUNK_BYTES // (spec.height * spec.width * spec.channels)))
     chunks = [work[start : start + size] for start in range(0, len(work), size)]
     decode = partial(_decode_chunk, str(root), spec)
-    bar = tqdm(total=len(work), desc="decoding images", unit="img", file=sys.stderr, disable=not progress or not work)
+    bar = tqdm(
+        total=len(work), desc="decoding images", unit="img", file=sys.stderr, disable=not progress or not work, delay=2
+    )
     with bar:
         if workers > 1 and len(work) >= PARALLEL_THRESHOLD:
             with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:

@@ -112,7 +112,7 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_scale_benchmark_measures_every_stage_and_the_incremental_prepare(tmp_path: Path) -> None:
     output = tmp_path / "scale.md"
-    scale.main(["--quick", "--sizes", "400", "--photos", "60", "--output", str(output)])
+    scale.main(["--quick", "--sizes", "400", "--photos", "100", "--output", str(output)])
     results = json.loads(output.with_suffix(".json").read_text())
     (row,) = results["sizes"]
     assert row["images"] == 400
@@ -123,10 +123,10 @@ def test_scale_benchmark_measures_every_stage_and_the_incremental_prepare(tmp_pa
     assert row["prepared_bytes"] > 400 * 28 * 28
     assert "| 400 |" in output.read_text()
     photos = results["photos"]
-    assert photos["images"] == 60
+    assert photos["images"] == 100
     assert set(photos["stages"]) == set(pipeline.STAGES)
-    # 60 photos at 160x160x3, raw in the shards.
-    assert photos["prepared_bytes"] > 60 * 160 * 160 * 3
+    # 100 photos at 160x160x3, raw in the shards.
+    assert photos["prepared_bytes"] > 100 * 160 * 160 * 3
     assert 0 <= photos["test_accuracy"] <= 1
 
 
