@@ -259,7 +259,7 @@ class ShardedDataset:
             size = path.stat().st_size if path.exists() else 0
             if size != entry.bytes:
                 raise ValueError(self._damaged(entry.file, f"holds {size:,} bytes, not {entry.bytes:,}"))
-            if _file_md5(path) != entry.md5:
+            if artifacts.file_md5(path) != entry.md5:
                 raise ValueError(self._damaged(entry.file, "does not match its md5 in the manifest (corrupt)"))
 
     def _handle(self, shard: int) -> int:
@@ -335,12 +335,4 @@ def _listed(entry: dict) -> ShardFile:
 
 
 def _describe(path: Path, rows: int) -> ShardFile:
-    return ShardFile(path.name, rows, path.stat().st_size, _file_md5(path))
-
-
-def _file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return ShardFile(path.name, rows, path.stat().st_size, artifacts.file_md5(path))

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from image_classification import config, memory
+from image_classification import artifacts, config, memory
 from image_classification.data import decode_cache, images
 from image_classification.data.dataset import Dataset, DataVersion, content_hashes, flat_values, validate
 
@@ -381,7 +381,7 @@ def _hash_files(root: Path, paths: Sequence[str], cache: decode_cache.DecodeCach
     hashed: list[tuple[decode_cache.FileStat, str]] = []
     for path, stat in bar:
         try:
-            md5s[path] = file_md5(root / path)
+            md5s[path] = artifacts.file_md5(root / path)
             hashed.append((stat, md5s[path]))
         except OSError as error:
             md5s[path] = _unreadable_key(path, error)
@@ -468,21 +468,15 @@ def folder_digest(root: Path, known: dict[str, str] | None = None) -> tuple[str,
             try:
                 md5 = known.get(relative)
                 size_of_file = os.stat(path).st_size
-                entries.append({"md5": md5 if md5 and len(md5) == 32 else file_md5(Path(path)), "relpath": relative})
+                entries.append(
+                    {"md5": md5 if md5 and len(md5) == 32 else artifacts.file_md5(Path(path)), "relpath": relative}
+                )
                 size += size_of_file
             except OSError:
                 continue  # a broken or looping link: DVC could not hash it either
     entries.sort(key=lambda entry: entry["relpath"])
     listing = json.dumps(entries, sort_keys=True).encode("utf-8")
     return hashlib.md5(listing, usedforsecurity=False).hexdigest() + ".dir", len(entries), size
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_npz(root: Path, spec: images.ImageSpec) -> Loaded:
@@ -662,7 +656,7 @@ def load_keras(name: str, spec: images.ImageSpec, fetch: Callable[[str, Path], N
     if entry.is_dir():
         digest, files, size = folder_digest(entry)
     elif entry.is_file():
-        digest, files, size = file_md5(entry), 1, entry.stat().st_size
+        digest, files, size = artifacts.file_md5(entry), 1, entry.stat().st_size
     else:
         raise ValueError(f"keras.datasets.{name}: loaded, but {entry} is not in the cache to version it")
     version = DataVersion("keras", f"keras.datasets.{name}", digest, files, size)

@@ -68,100 +68,85 @@ def train_model(
     )
     with shards.open_dataset(dataset_dir, verify=True) as data:
         members = split.read_membership(membership_path, data, ("train", "validation"))
-        return _train(params, data, members["train"], members["validation"], data_version, model_dir,
-                      history_path, summary_path, timing_path, checkpoint_dir)  # fmt: skip
-
-
-def _train(
-    params: Params,
-    data: shards.ShardedDataset,
-    train_rows: np.ndarray,
-    validation_rows: np.ndarray,
-    data_version: DataVersion | None,
-    model_dir: Path,
-    history_path: Path,
-    summary_path: Path,
-    timing_path: Path,
-    checkpoint_dir: Path,
-) -> dict:
-    dataset_lib.validate_labels(data.labels[train_rows], data.class_names, f"{data.folder} (train split)")
-    settings = params.train
-    num_classes = len(data.class_names)
-    data_digest = dataset_lib.digest(
-        np.frombuffer(split.split_digest(data, train_rows).encode("ascii"), dtype=np.uint8),
-        np.frombuffer(split.split_digest(data, validation_rows).encode("ascii"), dtype=np.uint8),
-    )
-    logged_params = {
-        key: value
-        for key, value in flatten(params).items()
-        if key.split(".")[0] in ("data", "split", "train", "mlflow")
-    }
-    checkpoint_path = checkpoint_dir / CHECKPOINT_FILE
-    key = checkpoints.checkpoint_key(logged_params, data_digest)
-    previous = checkpoints.load(checkpoint_path, key)
-    if previous is not None and not runs.run_exists(previous.run_id):
-        logger.warning("checkpoint %s names a run no longer in MLflow; training from scratch", checkpoint_path)
-        previous = None
-
-    model = build_compiled_model(data.image_shape, num_classes, len(train_rows), settings)
-    if previous is not None:
-        checkpoints.restore(model, previous.variables)
-        logger.info("resuming from %s after epoch %d of %d", checkpoint_path, previous.epoch, settings.epochs)
-    first_epoch = previous.epoch if previous is not None else 0
-
-    changed = runs.changed_params(logged_params, runs.baseline_params(Path.cwd()))
-    description = runs.run_description(
-        data_digest,
-        {"train": len(train_rows), "validation": len(validation_rows)},
-        num_classes,
-        model.count_params(),
-        changed,
-    )
-    name = runs.run_name(changed, runs.git_commit(Path.cwd()), data_version.digest if data_version else data_digest)
-    with _mlflow_run(params, data_digest, previous, name, description) as run_id:
-        runs.log_params(logged_params)
-        if previous is None:
-            _log_dataset(data, len(train_rows), data_version, data_digest)
-        mlflow.log_metric("param_count", model.count_params())
-        checkpoint = previous or checkpoints.Checkpoint(key=key, run_id=run_id)
-        if first_epoch < settings.epochs:
-            fit(
-                model,
-                data,
-                train_rows,
-                validation_rows,
-                settings,
-                training_callbacks(settings, checkpoint_path, checkpoint),
-                first_epoch,
-            )
-        rows = [_history_row(row) for row in checkpoint.history]
-        best = min(rows, key=lambda row: row["val_loss"])
-        summary = {
-            "param_count": model.count_params(),
-            "epochs_run": len(rows),
-            "best_epoch": best["epoch"],
-            "best_val_accuracy": best["val_accuracy"],
+        train_rows, validation_rows = members["train"], members["validation"]
+        dataset_lib.validate_labels(data.labels[train_rows], data.class_names, f"{data.folder} (train split)")
+        settings = params.train
+        num_classes = len(data.class_names)
+        data_digest = dataset_lib.digest(
+            np.frombuffer(split.split_digest(data, train_rows).encode("ascii"), dtype=np.uint8),
+            np.frombuffer(split.split_digest(data, validation_rows).encode("ascii"), dtype=np.uint8),
+        )
+        logged_params = {
+            key: value
+            for key, value in flatten(params).items()
+            if key.split(".")[0] in ("data", "split", "train", "mlflow")
         }
-        timing = {
-            "train_seconds": round(checkpoint.seconds, 2),
-            "seconds_per_epoch": round(checkpoint.seconds / len(rows), 3),
-            "resumed_after_epoch": first_epoch,
-        }
-        mlflow.log_metrics({"train_seconds": timing["train_seconds"], "best_epoch": best["epoch"]})
-        with artifacts.atomic_path(model_dir) as staged:
-            trained_model.save(model, run_id, staged)
-            mlflow.keras.log_model(
-                model,
-                name="model",
-                signature=signatures.keras_signature(data.image_shape, num_classes),
-                pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
-            )
-        artifacts.write_csv(history_path, rows, HISTORY_FIELDS)
-        artifacts.write_json(summary_path, summary)
-        artifacts.write_json(timing_path, timing)
-        mlflow.log_artifact(str(history_path), "training")
-    checkpoint_path.unlink(missing_ok=True)
-    return summary
+        checkpoint_path = checkpoint_dir / CHECKPOINT_FILE
+        key = checkpoints.checkpoint_key(logged_params, data_digest)
+        previous = checkpoints.load(checkpoint_path, key)
+        if previous is not None and not runs.run_exists(previous.run_id):
+            logger.warning("checkpoint %s names a run no longer in MLflow; training from scratch", checkpoint_path)
+            previous = None
+
+        model = build_compiled_model(data.image_shape, num_classes, len(train_rows), settings)
+        if previous is not None:
+            checkpoints.restore(model, previous.variables)
+            logger.info("resuming from %s after epoch %d of %d", checkpoint_path, previous.epoch, settings.epochs)
+        first_epoch = previous.epoch if previous is not None else 0
+
+        changed = runs.changed_params(logged_params, runs.baseline_params(Path.cwd()))
+        description = runs.run_description(
+            data_digest,
+            {"train": len(train_rows), "validation": len(validation_rows)},
+            num_classes,
+            model.count_params(),
+            changed,
+        )
+        name = runs.run_name(changed, runs.git_commit(Path.cwd()), data_version.digest if data_version else data_digest)
+        with _mlflow_run(params, data_digest, previous, name, description) as run_id:
+            runs.log_params(logged_params)
+            if previous is None:
+                _log_dataset(data, len(train_rows), data_version, data_digest)
+            mlflow.log_metric("param_count", model.count_params())
+            checkpoint = previous or checkpoints.Checkpoint(key=key, run_id=run_id)
+            if first_epoch < settings.epochs:
+                fit(
+                    model,
+                    data,
+                    train_rows,
+                    validation_rows,
+                    settings,
+                    training_callbacks(settings, checkpoint_path, checkpoint),
+                    first_epoch,
+                )
+            rows = [_history_row(row) for row in checkpoint.history]
+            best = min(rows, key=lambda row: row["val_loss"])
+            summary = {
+                "param_count": model.count_params(),
+                "epochs_run": len(rows),
+                "best_epoch": best["epoch"],
+                "best_val_accuracy": best["val_accuracy"],
+            }
+            timing = {
+                "train_seconds": round(checkpoint.seconds, 2),
+                "seconds_per_epoch": round(checkpoint.seconds / len(rows), 3),
+                "resumed_after_epoch": first_epoch,
+            }
+            mlflow.log_metrics({"train_seconds": timing["train_seconds"], "best_epoch": best["epoch"]})
+            with artifacts.atomic_path(model_dir) as staged:
+                trained_model.save(model, run_id, staged)
+                mlflow.keras.log_model(
+                    model,
+                    name="model",
+                    signature=signatures.keras_signature(data.image_shape, num_classes),
+                    pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+                )
+            artifacts.write_csv(history_path, rows, HISTORY_FIELDS)
+            artifacts.write_json(summary_path, summary)
+            artifacts.write_json(timing_path, timing)
+            mlflow.log_artifact(str(history_path), "training")
+        checkpoint_path.unlink(missing_ok=True)
+        return summary
 
 
 def build_compiled_model(

@@ -29,6 +29,21 @@ from image_classification.tracking import gate, registry, runs, signatures, stor
 CHECK_BATCH = 256
 
 
+@dataclass(frozen=True)
+class SplitRows:
+    """The test rows of the prepared dataset, read a batch at a time."""
+
+    data: shards.ShardedDataset
+    rows: np.ndarray
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.data.class_names
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 def export_model(
     params: Params,
     model_dir: Path,
@@ -64,75 +79,46 @@ def export_model(
     store.configure()  # a malformed or unreachable store fails here, before any heavy work
     model = trained_model.load_model(model_dir)
     run_id = trained_model.run_id(model_dir)
-    with shards.open_dataset(dataset_dir, verify=True) as data:
-        rows = split.read_membership(membership_path, data, ("test",))["test"]
-        return _export(params, model, run_id, trained_model.run_file(model_dir), SplitRows(data, rows), metrics_path,
-                       statistics_path, output, card_path, report_path)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class SplitRows:
-    """The test rows of the prepared dataset, read a batch at a time."""
-
-    data: shards.ShardedDataset
-    rows: np.ndarray
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.data.class_names
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-
-def _export(
-    params: Params,
-    model: keras.Model,
-    run_id: str,
-    run_file: Path,
-    test_set: SplitRows,
-    metrics_path: Path,
-    statistics_path: Path,
-    output: Path,
-    card_path: Path,
-    report_path: Path,
-) -> dict:
     export, registry_params = params.export, params.registry
-    test_metrics = read_report(metrics_path, "evaluate")
-    test_accuracy = evaluated_accuracy(test_metrics, len(test_set), metrics_path)
-    data_version = DataVersion.from_json(
-        read_report(statistics_path, "prepare").get("data_version", {}), str(statistics_path)
-    )
-    test_digest = split.split_digest(test_set.data, test_set.rows)
+    with shards.open_dataset(dataset_dir, verify=True) as data:
+        test_set = SplitRows(data, split.read_membership(membership_path, data, ("test",))["test"])
+        test_metrics = read_report(metrics_path, "evaluate")
+        test_accuracy = evaluated_accuracy(test_metrics, len(test_set), metrics_path)
+        data_version = DataVersion.from_json(
+            read_report(statistics_path, "prepare").get("data_version", {}), str(statistics_path)
+        )
+        test_digest = split.split_digest(test_set.data, test_set.rows)
 
-    with runs.resume_run(run_id, source=run_file):
-        runs.log_params({**flatten(export, prefix="export."), **flatten(registry_params, prefix="registry.")})
-        agreement, contract = write_verified_savedmodel(model, test_set, output, export.tolerance)
-        mlflow.log_artifacts(str(output), f"savedmodel/{export.model_name}/{export.version}")
-        current = registry.champion(registry_params.model_name)
-        decision = judge(test_accuracy, test_digest, current, registry_params)
-        version = register_version(output, registry_params.model_name, test_set, test_accuracy, test_digest, decision)
-        if decision.blessed:
-            registry.promote(registry_params.model_name, version)
-        report = {
-            "model_name": export.model_name,
-            "version": export.version,
-            "images_checked": agreement.images,
-            "mismatched_classes": agreement.mismatched_classes,
-            "max_abs_difference": agreement.max_abs_difference,
-            "test_accuracy": round(test_accuracy, 6),
-            "registered_model": registry_params.model_name,
-            "registered_version": version,
-            "previous_champion": current.version if current else None,
-            "blessed": decision.blessed,
-            "blessed_reason": decision.reason,
-        }
-        log_outcome(output, export, version, agreement, decision)
-        card = model_card(params, contract, test_set, data_version, test_metrics, test_digest, run_id, version)
-        artifacts.write_json(card_path, card)
-        mlflow.log_artifact(str(card_path), f"savedmodel/{export.model_name}")
-        artifacts.write_json(report_path, report)
-    return report
+        with runs.resume_run(run_id, source=trained_model.run_file(model_dir)):
+            runs.log_params({**flatten(export, prefix="export."), **flatten(registry_params, prefix="registry.")})
+            agreement, contract = write_verified_savedmodel(model, test_set, output, export.tolerance)
+            mlflow.log_artifacts(str(output), f"savedmodel/{export.model_name}/{export.version}")
+            current = registry.champion(registry_params.model_name)
+            decision = judge(test_accuracy, test_digest, current, registry_params)
+            version = register_version(
+                output, registry_params.model_name, test_set, test_accuracy, test_digest, decision
+            )
+            if decision.blessed:
+                registry.promote(registry_params.model_name, version)
+            report = {
+                "model_name": export.model_name,
+                "version": export.version,
+                "images_checked": agreement.images,
+                "mismatched_classes": agreement.mismatched_classes,
+                "max_abs_difference": agreement.max_abs_difference,
+                "test_accuracy": round(test_accuracy, 6),
+                "registered_model": registry_params.model_name,
+                "registered_version": version,
+                "previous_champion": current.version if current else None,
+                "blessed": decision.blessed,
+                "blessed_reason": decision.reason,
+            }
+            log_outcome(output, export, version, agreement, decision)
+            card = model_card(params, contract, test_set, data_version, test_metrics, test_digest, run_id, version)
+            artifacts.write_json(card_path, card)
+            mlflow.log_artifact(str(card_path), f"savedmodel/{export.model_name}")
+            artifacts.write_json(report_path, report)
+        return report
 
 
 def read_report(path: Path, stage: str) -> dict:

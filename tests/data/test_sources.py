@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_classification import config
+from image_classification import artifacts, config
 from image_classification.data import dataset, decode_cache, images, sources
 from image_classification.data.images import ImageSpec
 from tests.conftest import make_images
@@ -325,7 +325,7 @@ def test_keras_mnist_from_a_filled_cache(keras_home: Path) -> None:
     assert np.array_equal(loaded.materialize().images[8:, :, :, 0], parts["x_test"])
     assert loaded.labels.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 9, 8, 7]
     assert loaded.version == dataset.DataVersion("keras", "keras.datasets.mnist",
-                                                 sources.file_md5(keras_home / "mnist.npz"), 1,
+                                                 artifacts.file_md5(keras_home / "mnist.npz"), 1,
                                                  (keras_home / "mnist.npz").stat().st_size)  # fmt: skip
 
 
