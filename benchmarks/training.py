@@ -144,13 +144,13 @@ def _pipeline_images_per_second(
 ) -> float:
     """The train stage's loop, streaming its batches from shards as `dvc repro` does."""
     data, (train_rows, validation_rows) = write_shards(folder / "prepared", train_set, validation_set)
-    model = training.build_compiled_model(data.image_shape, len(data.class_names), len(train_rows), settings)
+    _, trainer = training.build_compiled_model(data.image_shape, len(data.class_names), len(train_rows), settings)
     checkpoint_path = folder / "checkpoint.npz"
     timer = EpochTimer()
     with data, mlflow.start_run() as run:
         checkpoint = checkpoints.Checkpoint(key="benchmark", run_id=run.info.run_id)
         callbacks = [timer, *training.training_callbacks(settings, checkpoint_path, checkpoint)]
-        training.fit(model, data, train_rows, validation_rows, settings, callbacks, verbose=0)
+        training.fit(trainer, data, train_rows, validation_rows, settings, callbacks, verbose=0)
     return _images_per_second(timer, len(train_set))
 
 
@@ -162,7 +162,7 @@ def _plain_images_per_second(
     runtime.seed_everything(settings.seed, deterministic_ops=False)
     model = architecture.build_model(train_set.images.shape[1:], len(train_set.class_names), settings)
     plain_settings = settings.model_copy(update={"jit_compile": jit_compile})
-    architecture.compile_model(
+    model = architecture.compile_model(
         model, plain_settings, input_pipeline.steps_per_epoch(len(train_set), settings.batch_size)
     )
     if not jit_compile:
@@ -215,9 +215,9 @@ def time_to_accuracy(
     test_accuracy = TestAccuracy(test_set, timer)
     with tempfile.TemporaryDirectory(prefix="bench-race-") as folder:
         data, (train_rows,) = write_shards(Path(folder), train_set)
-        model = training.build_compiled_model(data.image_shape, len(data.class_names), len(train_rows), settings)
+        _, trainer = training.build_compiled_model(data.image_shape, len(data.class_names), len(train_rows), settings)
         with data:
-            training.fit(model, data, train_rows, None, settings, [timer, test_accuracy], verbose=0)
+            training.fit(trainer, data, train_rows, None, settings, [timer, test_accuracy], verbose=0)
     default_rows = test_accuracy.rows
 
     runtime.configure_runtime(settings.model_copy(update={"mixed_precision": False}))
@@ -260,7 +260,7 @@ def training_flops(settings: TrainParams, input_shape: tuple[int, int, int], num
 
     batch = settings.batch_size
     model = architecture.build_model(input_shape, num_classes, settings.model_copy(update={"mixed_precision": False}))
-    architecture.compile_model(model, settings.model_copy(update={"jit_compile": False}), steps_per_epoch=1)
+    model = architecture.compile_model(model, settings.model_copy(update={"jit_compile": False}), steps_per_epoch=1)
     model.optimizer.build(model.trainable_variables)
     label_spec = (
         tf.TensorSpec((batch, num_classes), tf.float32)

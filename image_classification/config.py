@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from image_classification.backend import PACKAGES as BACKEND_PACKAGES
+
 ACTIVATIONS = ("relu", "gelu", "elu", "selu", "silu", "tanh", "leaky_relu")
 OPTIMIZERS = ("adam", "adamw", "nadam", "rmsprop", "sgd")
 LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy", "categorical_focal_crossentropy")
@@ -27,6 +29,7 @@ ASPECTS = ("stretch", "crop", "pad")
 BACKGROUNDS = ("white", "black")
 LR_SCHEDULES = ("constant", "cosine")
 POOLINGS = ("flatten", "global_average")
+BACKENDS = tuple(BACKEND_PACKAGES)
 BAD_FILE_POLICIES = ("skip", "fail")
 # A registered model or SavedModel folder name: what MLflow's registry and file systems both accept.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -100,6 +103,10 @@ class SplitParams(_Section):
 class TrainParams(_Section):
     """`train`: the network, the optimizer and the training loop."""
 
+    backend: Literal[BACKENDS] = Field(  # type: ignore[valid-type]
+        description="the Keras backend that trains and evaluates: tensorflow, jax or torch; export always writes "
+        "a TensorFlow SavedModel and checks it against this backend's predictions"
+    )
     conv_blocks: int = Field(ge=1, le=6, description="each block doubles the filters and halves the image side")
     convs_per_block: int = Field(ge=1, le=4, description="convolutions before each block's max pooling")
     filters: int = Field(ge=1, le=1024, description="filters of the first block")
@@ -136,16 +143,17 @@ class TrainParams(_Section):
         ge=0, description="epochs without validation-loss improvement before stopping; 0 is off"
     )
     jit_compile: bool = Field(
-        description="XLA; slower on the reference CPU, try it on a GPU; needs augment_translation 0"
+        description="tensorflow: XLA, slower on the reference CPU, needs augment_translation 0; torch: "
+        "torch.compile; jax always compiles with XLA and ignores it"
     )
     mixed_precision: bool = Field(
-        description="float16 compute with float32 weights; for GPUs, refused when none is visible"
+        description="float16 compute with float32 weights; for GPUs, refused when the backend sees none"
     )
     intra_op_threads: int = Field(
-        ge=0, le=1024, description="threads inside one TensorFlow op; 0 lets TensorFlow use every core"
+        ge=0, le=1024, description="threads inside one op (TensorFlow, PyTorch, JAX's XLA); 0 lets the backend decide"
     )
     inter_op_threads: int = Field(
-        ge=0, le=1024, description="TensorFlow ops run side by side; 0 lets TensorFlow decide"
+        ge=0, le=1024, description="ops run side by side (TensorFlow, PyTorch; JAX has none); 0 lets the backend decide"
     )
     seed: int = Field(ge=0, description="seeds weights, dropout, augmentation and the epoch order")
 
@@ -153,7 +161,7 @@ class TrainParams(_Section):
     def _warmup_within_epochs(self) -> TrainParams:
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs = {self.warmup_epochs} must be smaller than epochs = {self.epochs}")
-        if self.jit_compile and self.augment_translation > 0:
+        if self.jit_compile and self.augment_translation > 0 and self.backend == "tensorflow":
             raise ValueError(
                 "jit_compile = true needs augment_translation = 0: Keras cannot compile its RandomTranslation "
                 "layer with XLA and would silently train without XLA"

@@ -34,6 +34,8 @@ def execute(stage: str, main: Callable[[Sequence[str] | None], None], argv: Sequ
     logging.basicConfig(level=logging.INFO, format=f"{stage}: %(message)s", stream=sys.stderr)
     # TensorFlow's INFO lines (SavedModel asset paths) name temporary folders and only confuse.
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    # JAX's INFO lines say it found no TPU on every machine without one.
+    logging.getLogger("jax").setLevel(logging.WARNING)
     # DVC and job schedulers stop stages with SIGTERM; treating it as an interrupt lets context
     # managers close MLflow runs and discard half-written outputs.
     signal.signal(signal.SIGTERM, _interrupt)

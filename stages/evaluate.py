@@ -7,9 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from image_classification import runner
+from image_classification import backend, runner
 from image_classification.config import load_params
-from image_classification.modeling.evaluation import evaluate_model
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -24,6 +23,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--figure", type=Path, required=True, help="confusion-matrix figure to write (.png)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    # The test metrics are the training backend's own predictions.
+    backend.use(params.train.backend, params.train.intra_op_threads)
+    from image_classification.modeling.evaluation import evaluate_model  # Keras, on the backend just chosen
+
     summary = evaluate_model(
         params.evaluate,
         args.model_dir,
@@ -33,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.per_class,
         args.confusion,
         args.figure,
+        params.train,
     )
     print(
         f"evaluate: test accuracy {summary['accuracy']:.4f}, loss {summary['loss']:.4f}, "

@@ -7,9 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from image_classification import runner
+from image_classification import backend, runner
 from image_classification.config import load_params
-from image_classification.serving.export import export_model
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -25,6 +24,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, required=True, help="export report to write (.json)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    # A TF Serving SavedModel is written by Keras on TensorFlow, whatever backend trained the model.
+    backend.use("tensorflow")
+    from image_classification.serving.export import export_model  # Keras, on TensorFlow
+
     report = export_model(
         params,
         args.model_dir,
@@ -38,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(
         f"export: SavedModel -> {args.output}; reloaded in a fresh process, {report['images_checked']} test "
-        f"images agree (max probability difference {report['max_abs_difference']:.2g})"
+        f"images agree with {params.train.backend} (max probability difference {report['max_abs_difference']:.2g})"
     )
     verdict = "blessed, now champion" if report["blessed"] else "not blessed, champion unchanged"
     print(

@@ -11,9 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from image_classification import runner
+from image_classification import backend, runner
 from image_classification.config import load_params
-from image_classification.modeling.training import train_model
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -33,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    backend.use(params.train.backend, params.train.intra_op_threads)
+    from image_classification.modeling.training import train_model  # Keras, on the backend just chosen
+
     summary = train_model(
         params,
         args.dataset,

@@ -107,7 +107,7 @@ def test_warmup_must_be_shorter_than_training() -> None:
 
 def test_unknown_key_lists_allowed_keys() -> None:
     message = error_for({"train": {"learnig_rate": 0.1}})
-    assert message.startswith("params.yaml: train.learnig_rate: unknown key; allowed keys here: conv_blocks,")
+    assert message.startswith("params.yaml: train.learnig_rate: unknown key; allowed keys here: backend, conv_blocks,")
     assert "learning_rate" in message
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import mlflow
 
 from image_classification import artifacts
-from image_classification.config import EvaluateParams, flatten
+from image_classification.config import EvaluateParams, TrainParams, flatten
 from image_classification.data import dataset as dataset_lib
 from image_classification.data import shards, split
-from image_classification.modeling import input_pipeline, metrics, trained_model
+from image_classification.modeling import input_pipeline, metrics, runtime, trained_model
 from image_classification.tracking import runs, store
 
 
@@ -23,6 +23,7 @@ def evaluate_model(
     per_class_path: Path,
     confusion_path: Path,
     figure_path: Path,
+    train: TrainParams | None = None,
 ) -> dict:
     """Evaluate the trained model on the test split and attach the results to its MLflow run.
 
@@ -36,6 +37,7 @@ def evaluate_model(
         per_class_path: precision, recall, F1 and support per class to write (.csv).
         confusion_path: one actual/predicted class-name pair per test image to write (.csv).
         figure_path: the confusion matrix to draw (.png).
+        train: the train params, whose thread counts the backend takes; None keeps the backend's defaults.
 
     Returns:
         The headline metrics written to `metrics_path`.
@@ -44,6 +46,8 @@ def evaluate_model(
         ValueError: an unusable tracking store, a missing model or run, or an unreadable or damaged test split.
     """
     store.configure()  # a malformed or unreachable store fails here, before any heavy work
+    if train is not None:
+        runtime.configure_runtime(train)
     model = trained_model.load_model(model_dir)
     run_id = trained_model.run_id(model_dir)
     with shards.open_dataset(dataset_dir, verify=True) as data:

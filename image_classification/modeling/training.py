@@ -16,11 +16,11 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
-import tensorflow as tf
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 
 from image_classification import artifacts
+from image_classification import backend as backend_lib
 from image_classification.config import Params, TrainParams, flatten
 from image_classification.data import dataset as dataset_lib
 from image_classification.data import shards, split
@@ -88,9 +88,9 @@ def train_model(
             logger.warning("checkpoint %s names a run no longer in MLflow; training from scratch", checkpoint_path)
             previous = None
 
-        model = build_compiled_model(data.image_shape, num_classes, len(train_rows), settings)
+        model, trainer = build_compiled_model(data.image_shape, num_classes, len(train_rows), settings)
         if previous is not None:
-            checkpoints.restore(model, previous.variables)
+            checkpoints.restore(trainer, previous.variables)
             logger.info("resuming from %s after epoch %d of %d", checkpoint_path, previous.epoch, settings.epochs)
         first_epoch = previous.epoch if previous is not None else 0
 
@@ -105,13 +105,14 @@ def train_model(
         name = runs.run_name(changed, runs.git_commit(Path.cwd()), data_version.digest if data_version else data_digest)
         with _mlflow_run(params, data_digest, previous, name, description) as run_id:
             runs.log_params(logged_params)
+            mlflow.set_tags(backend_lib.describe(settings.backend))
             if previous is None:
                 _log_dataset(data, len(train_rows), data_version, data_digest)
             mlflow.log_metric("param_count", model.count_params())
             checkpoint = previous or checkpoints.Checkpoint(key=key, run_id=run_id)
             if first_epoch < settings.epochs:
                 fit(
-                    model,
+                    trainer,
                     data,
                     train_rows,
                     validation_rows,
@@ -139,7 +140,10 @@ def train_model(
                     model,
                     name="model",
                     signature=signatures.keras_signature(data.image_shape, num_classes),
-                    pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+                    pip_requirements=[
+                        f"keras=={keras.__version__}",
+                        f"{backend_lib.PACKAGES[settings.backend][0]}=={backend_lib.version(settings.backend)}",
+                    ],
                 )
             artifacts.write_csv(history_path, rows, HISTORY_FIELDS)
             artifacts.write_json(summary_path, summary)
@@ -151,8 +155,12 @@ def train_model(
 
 def build_compiled_model(
     image_shape: Sequence[int], num_classes: int, train_images: int, settings: TrainParams
-) -> keras.Model:
-    """Configure TensorFlow, seed it, and build and compile the model for `train_images` images of `image_shape`.
+) -> tuple[keras.Model, keras.Model]:
+    """Configure the backend, seed it, and build the model for `train_images` images of `image_shape`.
+
+    Returns:
+        The classifier (uint8 images to probabilities), and the compiled model that trains it
+        (`architecture.compile_model`: the same variables, ending at the logits).
 
     Raises:
         ValueError: params this machine or these images cannot honour.
@@ -160,8 +168,10 @@ def build_compiled_model(
     runtime.configure_runtime(settings)
     runtime.seed_everything(settings.seed, deterministic_ops=not settings.jit_compile)
     model = architecture.build_model(tuple(image_shape), num_classes, settings)
-    architecture.compile_model(model, settings, input_pipeline.steps_per_epoch(train_images, settings.batch_size))
-    return model
+    trainer = architecture.compile_model(
+        model, settings, input_pipeline.steps_per_epoch(train_images, settings.batch_size)
+    )
+    return model, trainer
 
 
 def training_callbacks(
@@ -195,6 +205,8 @@ def fit(
     verbose: int = 2,
 ) -> keras.callbacks.History:
     """The stage's training loop: epochs `first_epoch` .. `settings.epochs - 1`, validated after each.
+
+    `model` is the compiled training model (`build_compiled_model`'s second value).
 
     Batches of `train_rows` (and `validation_rows`) are streamed from the shards of `data`. The
     benchmark calls this too, so what it times is what `dvc repro` runs.

@@ -7,8 +7,6 @@ one source.
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +15,11 @@ import mlflow
 import numpy as np
 
 from image_classification import artifacts
-from image_classification.config import ExportParams, Params, RegistryParams, flatten
+from image_classification.config import ExportParams, Params, RegistryParams, TrainParams, flatten
 from image_classification.data import shards, split
 from image_classification.data.dataset import DataVersion
-from image_classification.modeling import input_pipeline, trained_model
-from image_classification.serving import savedmodel
+from image_classification.modeling import trained_model
+from image_classification.serving import parity, savedmodel
 from image_classification.serving.contract import ENDPOINT
 from image_classification.tracking import gate, registry, runs, signatures, store
 
@@ -91,7 +89,9 @@ def export_model(
 
         with runs.resume_run(run_id, source=trained_model.run_file(model_dir)):
             runs.log_params({**flatten(export, prefix="export."), **flatten(registry_params, prefix="registry.")})
-            agreement, contract = write_verified_savedmodel(model, test_set, output, export.tolerance)
+            agreement, contract = write_verified_savedmodel(
+                model, model_dir, params.train, test_set, output, export.tolerance
+            )
             mlflow.log_artifacts(str(output), f"savedmodel/{export.model_name}/{export.version}")
             current = registry.champion(registry_params.model_name)
             decision = judge(test_accuracy, test_digest, current, registry_params)
@@ -149,12 +149,14 @@ def evaluated_accuracy(test_metrics: dict, test_images: int, metrics_path: Path)
 
 
 def write_verified_savedmodel(
-    model: keras.Model, test_set: SplitRows, output: Path, tolerance: float
+    model: keras.Model, model_dir: Path, train: TrainParams, test_set: SplitRows, output: Path, tolerance: float
 ) -> tuple[savedmodel.Agreement, dict]:
     """Write the SavedModel to `output` only once a fresh process has reloaded it and it agrees with Keras.
 
-    Agreement means identical classes and class names on every test image and probabilities within
-    `tolerance`. Nothing is left at `output` when the check fails.
+    The SavedModel is written from `model` (Keras on TensorFlow). A fresh process on the backend that
+    trained it (`train.backend`) runs the test rows through the reloaded SavedModel and through the
+    model in `model_dir` (`parity.predict_both`). Agreement means identical classes and class names on
+    every test image and probabilities within `tolerance`. Nothing is left at `output` when the check fails.
 
     Returns:
         The agreement measured, and the SavedModel's signature as plain data (`savedmodel.signature`).
@@ -163,40 +165,28 @@ def write_verified_savedmodel(
         ValueError: the reloaded SavedModel disagrees with the Keras model.
         OSError: the SavedModel cannot be written (a full disk, for example).
     """
-    batches = input_pipeline.make_dataset(test_set.data, test_set.rows, len(test_set.class_names), CHECK_BATCH)
-    expected = model.predict(batches.map(lambda images, _: images), verbose=0)
     with artifacts.atomic_path(output) as staged:
         try:
             savedmodel.export_savedmodel(model, test_set.class_names, staged)
         except OSError as error:
             raise OSError(f"cannot write the SavedModel to {output}: {error}") from error
-        reloaded = predict_in_fresh_process(staged, test_set.data.folder, test_set.rows)
-        agreement = savedmodel.compare(expected, reloaded["probabilities"])
+        reloaded = parity.in_fresh_process(
+            train.backend, train.intra_op_threads, staged, model_dir, test_set.data.folder, test_set.rows, CHECK_BATCH
+        )
+        agreement = savedmodel.compare(reloaded["expected"], reloaded["probabilities"])
         names_match = bool(
             [name.decode("utf-8") for name in reloaded["class_name"]]
             == [test_set.class_names[class_id] for class_id in reloaded["class_id"]]
         )
         if agreement.mismatched_classes or agreement.max_abs_difference > tolerance or not names_match:
             raise ValueError(
-                f"the reloaded SavedModel disagrees with the Keras model on {agreement.images} test images: "
-                f"{agreement.mismatched_classes} different classes, largest probability difference "
+                f"the reloaded SavedModel disagrees with the Keras model on {train.backend} on {agreement.images} "
+                f"test images: {agreement.mismatched_classes} different classes, largest probability difference "
                 f"{agreement.max_abs_difference:.3g} (export.tolerance = {tolerance:g}), "
                 f"class names {'match' if names_match else 'do not match'}"
             )
         contract = savedmodel.signature(staged)
     return agreement, contract
-
-
-def predict_in_fresh_process(path: Path, dataset_dir: Path, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Run `rows` of the prepared dataset through the SavedModel at `path` in a new interpreter; its outputs as arrays.
-
-    A fresh interpreter proves the SavedModel stands alone: nothing from this process's Keras
-    objects, custom layers or graph can leak into the reload. It reads the images from the shards
-    itself, a batch at a time.
-    """
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(savedmodel.predict_shards, str(path), str(dataset_dir), rows, CHECK_BATCH).result()
 
 
 def judge(

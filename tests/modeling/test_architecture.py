@@ -52,8 +52,10 @@ def test_too_many_blocks_for_the_image_size(params: Params) -> None:
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "nadam", "rmsprop", "sgd"])
 def test_every_optimizer_compiles(params: Params, optimizer: str) -> None:
     model = architecture.build_model((12, 12, 1), 3, tiny(params))
-    architecture.compile_model(model, tiny(params, optimizer=optimizer), steps_per_epoch=4)
-    assert type(model.optimizer).__name__.lower() == optimizer
+    trainer = architecture.compile_model(model, tiny(params, optimizer=optimizer), steps_per_epoch=4)
+    assert type(trainer.optimizer).__name__.lower() == optimizer
+    assert trainer.output is model.get_layer(architecture.LOGITS).output
+    assert trainer.loss.from_logits is True
 
 
 def test_cosine_schedule_warms_up_then_decays(params: Params) -> None:

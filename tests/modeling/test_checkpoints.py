@@ -15,7 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from image_classification import artifacts
-from image_classification.config import Params, parse_params
+from image_classification.config import BACKENDS, Params, parse_params
 from image_classification.data import prepare, shards, split
 from image_classification.modeling import architecture, checkpoints, input_pipeline, trained_model
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, merged, raw_params, write_shards
@@ -23,8 +23,7 @@ from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, merged, raw_params, wri
 
 def compiled(params: Params) -> keras.Model:
     classifier = architecture.build_model((12, 12, 1), 3, params.train)
-    architecture.compile_model(classifier, params.train, steps_per_epoch=4)
-    return classifier
+    return architecture.compile_model(classifier, params.train, steps_per_epoch=4)
 
 
 def test_capture_and_restore_include_optimizer_and_random_state(params: Params, tiny_dataset, tmp_path: Path) -> None:
@@ -44,7 +43,7 @@ def test_capture_and_restore_include_optimizer_and_random_state(params: Params, 
 def test_restore_refuses_another_architecture(params: Params) -> None:
     values = checkpoints.capture(compiled(params))
     other = architecture.build_model((12, 12, 1), 3, params.train.model_copy(update={"dense_units": 7}))
-    architecture.compile_model(other, params.train, steps_per_epoch=4)
+    other = architecture.compile_model(other, params.train, steps_per_epoch=4)
     with pytest.raises(ValueError, match="different model architecture"):
         checkpoints.restore(other, values)
 
@@ -145,13 +144,24 @@ def kill_after_epoch(process: subprocess.Popen, workdir: Path, epoch: int, signu
     return checkpointed_epoch(workdir)
 
 
+def on_backend(data: tuple[Path, Path], backend: str) -> tuple[Path, Path]:
+    """`data` with a params file that trains on `backend`."""
+    root, params_file = data
+    backend_params = root / f"params-{backend}.yaml"
+    backend_params.write_text(
+        yaml.safe_dump(merged(yaml.safe_load(params_file.read_text()), {"train": {"backend": backend}}))
+    )
+    return root, backend_params
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(data_root, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    process = train_process(data_root, workdir)
+def uninterrupted(request, data_root, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """The backend, and the folder of a training run on it that nothing interrupted."""
+    workdir = tmp_path_factory.mktemp(f"uninterrupted-{request.param}")
+    process = train_process(on_backend(data_root, request.param), workdir)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr
-    return workdir
+    return request.param, workdir
 
 
 def predictions(workdir: Path, data_root) -> np.ndarray:
@@ -162,8 +172,17 @@ def predictions(workdir: Path, data_root) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_killed_training_resumes_to_the_same_result(data_root, uninterrupted: Path, tmp_path: Path, signum) -> None:
+# SIGTERM is handled by the runner, the same way on every backend; SIGKILL is tried on each backend.
+@pytest.mark.parametrize(
+    ("uninterrupted", "signum"),
+    [("tensorflow", signal.SIGTERM), *((backend, signal.SIGKILL) for backend in BACKENDS)],
+    ids=["tensorflow-SIGTERM", *(f"{backend}-SIGKILL" for backend in BACKENDS)],
+    indirect=["uninterrupted"],
+)
+def test_killed_training_resumes_to_the_same_result(data_root, uninterrupted, tmp_path: Path, signum) -> None:
+    """On every backend: the killed run's epochs, and the epochs after the resume, equal an uninterrupted run's."""
+    backend, uninterrupted = uninterrupted
+    data_root = on_backend(data_root, backend)
     process = train_process(data_root, tmp_path)
     done = kill_after_epoch(process, tmp_path, 2, signum)
     assert 2 <= done < EPOCHS
@@ -188,5 +207,6 @@ def test_killed_training_resumes_to_the_same_result(data_root, uninterrupted: Pa
     assert trained_model.run_id(tmp_path / "model") == run.info.run_id
     assert run.info.status == "FINISHED"
     assert run.data.tags["resumed_after_epoch"] == str(done)
+    assert (run.data.params["train.backend"], run.data.tags["keras.backend"]) == (backend, backend)
     steps = {metric.step for metric in store.get_metric_history(run.info.run_id, "val_loss")}
     assert steps == set(range(1, EPOCHS + 1))

@@ -34,8 +34,7 @@ def train_once(
 ) -> tuple:
     settings = tiny(params, epochs=3, batch_size=16, loss=loss, warmup_epochs=0)
     runtime.seed_everything(settings.seed, deterministic_ops=deterministic)
-    model = architecture.build_model(data.image_shape, 3, settings)
-    architecture.compile_model(model, settings, steps_per_epoch=4)
+    model = architecture.compile_model(architecture.build_model(data.image_shape, 3, settings), settings, 4)
     one_hot = architecture.uses_one_hot_labels(settings)
     rows = np.arange(len(data))
     batches = input_pipeline.make_training_dataset(
@@ -64,10 +63,10 @@ def test_speed_params_reach_the_model(params: Params) -> None:
     try:
         runtime.seed_everything(settings.seed, deterministic_ops=False)
         model = architecture.build_model((12, 12, 1), 3, settings)
-        architecture.compile_model(model, settings, steps_per_epoch=4)
+        trainer = architecture.compile_model(model, settings, steps_per_epoch=4)
         assert model.get_layer("block1_bn1").momentum == pytest.approx(0.8)
         # Keras quietly turns XLA off while op determinism is on.
-        assert model.jit_compile is True
+        assert trainer.jit_compile is True
     finally:
         runtime.seed_everything(settings.seed)
 
@@ -82,7 +81,7 @@ def test_xla_training_learns(params: Params, tiny_shards: shards.ShardedDataset)
 
 
 def test_mixed_precision_without_a_gpu_is_refused(params: Params) -> None:
-    with pytest.raises(ValueError, match=r"train\.mixed_precision = true needs a GPU and TensorFlow sees none"):
+    with pytest.raises(ValueError, match=r"train\.mixed_precision = true needs a GPU and tensorflow sees none"):
         runtime.configure_runtime(tiny(params, mixed_precision=True), gpus=[])
 
 
