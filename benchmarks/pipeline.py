@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from image_classification import artifacts
 from image_classification.data.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -155,3 +156,11 @@ def _git(cwd: Path, *args: str) -> None:
         ["git", "-c", "user.name=benchmark", "-c", "user.email=benchmark@localhost", *args],
         cwd=cwd, capture_output=True, text=True, check=True,
     )  # fmt: skip
+
+
+def write_page(output: Path, results: dict, page: str) -> None:
+    """Write a Markdown `page` to `output` and its figures beside it as .json; print the page."""
+    artifacts.write_json(output.with_suffix(".json"), results)
+    with artifacts.atomic_path(output) as staged:
+        staged.write_text(page, encoding="utf-8")
+    print(page)

@@ -290,10 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("scale: photo recipe on %d photos", photos)
         with pipeline.workspace() as parent:
             results["photos"] = measure_photos(photos, parent)
-    artifacts.write_json(args.output.with_suffix(".json"), results)
-    with artifacts.atomic_path(args.output) as staged:
-        staged.write_text(render(results), encoding="utf-8")
-    print(render(results))
+    pipeline.write_page(args.output, results, render(results))
 
 
 if __name__ == "__main__":

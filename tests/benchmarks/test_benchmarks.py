@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import pipeline, run, scale, training
-from image_classification.config import Params
+from benchmarks import backends, pipeline, run, scale, training
+from image_classification.config import BACKENDS, Params
 from tests.conftest import make_images
 
 SECTIONS = (
@@ -143,3 +144,19 @@ def test_generated_photos_have_ten_classes_of_varied_size(tmp_path: Path) -> Non
             assert (image.format, image.mode) == ("JPEG", "RGB")
             sizes.add(image.size)
     assert len(sizes) > 10
+
+
+@pytest.mark.slow
+def test_backend_comparison_trains_each_backend_in_its_own_process(tmp_path: Path) -> None:
+    output = tmp_path / "backend-comparison.md"
+    backends.main(["--quick", "--max-images", "300", "--output", str(output)])
+    results = json.loads(output.with_suffix(".json").read_text())
+    assert [measured["backend"] for measured in results["runs"]] == list(BACKENDS)
+    for measured in results["runs"]:
+        assert measured["version"] == importlib.metadata.version(measured["backend"])
+        assert [row["epoch"] for row in measured["test_accuracy"]] == [1, 2]
+        assert 0 < measured["startup_seconds"] < 120
+        assert measured["images_per_second"] > 0
+        assert 0 < measured["peak_mib"] < 8192
+    page = output.read_text()
+    assert all(f"| {name} | {importlib.metadata.version(name)} |" in page for name in BACKENDS)

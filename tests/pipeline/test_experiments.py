@@ -6,6 +6,7 @@ workspace as a committed baseline plus experiments.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import time
@@ -20,7 +21,8 @@ from tests.conftest import free_port, git, make_project, mlflow_server, pipeline
 
 pytestmark = pytest.mark.slow
 
-GRID = {"train.learning_rate": ["0.001", "0.01"]}
+# The article's comparison: the baseline trains on TensorFlow, the queue on the two other backends.
+GRID = {"train.backend": ["jax", "torch"]}
 
 
 def dvc(project: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -63,26 +65,36 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def queued(baseline: Path) -> dict[str, str]:
-    """A 2-point grid queued and run by two workers at once; {experiment name: learning rate}."""
-    dvc(baseline, "exp", "run", "--queue", "-S", f"train.learning_rate={','.join(GRID['train.learning_rate'])}")
-    dvc(baseline, "exp", "run", "--run-all", "--jobs", "2")
+    """A 2-point grid queued and run by two workers at once; {experiment name: backend}."""
+    dvc(baseline, "exp", "run", "--queue", "-S", f"train.backend={','.join(GRID['train.backend'])}")
+    dvc(baseline, "queue", "start", "--jobs", "2")
+    deadline = time.monotonic() + 900
+    while any(word in dvc(baseline, "queue", "status").stdout for word in ("Queued", "Running")):
+        assert time.monotonic() < deadline, dvc(baseline, "queue", "status").stdout
+        time.sleep(2)
+    dvc(baseline, "queue", "stop")
+    status = dvc(baseline, "queue", "status").stdout
+    assert "Failed" not in status, status
     shown = experiments_shown(baseline)
-    return {name: str(data["params"]["params.yaml"]["data"]["train"]["learning_rate"]) for name, data in shown.items()}
+    return {name: str(data["params"]["params.yaml"]["data"]["train"]["backend"]) for name, data in shown.items()}
 
 
 def test_two_workers_give_one_finished_run_per_experiment(baseline: Path, queued: dict[str, str]) -> None:
-    assert sorted(queued.values()) == GRID["train.learning_rate"]
+    assert sorted(queued.values()) == GRID["train.backend"]
     client = project_client(baseline)
     head = git(baseline, "rev-parse", "HEAD").strip()
-    for name, learning_rate in queued.items():
+    for name, backend in queued.items():
         runs = runs_named(client, name)
         assert len(runs) == 1, name
         (run,) = runs
         assert run.info.status == "FINISHED"
         assert run.info.run_name == name
         assert run.data.tags["dvc.exp_baseline_rev"] == head
-        assert run.data.params["train.learning_rate"] == learning_rate
-        assert "Changed from the baseline: train.learning_rate=" in run.data.tags["mlflow.note.content"]
+        assert run.data.params["train.backend"] == run.data.tags["keras.backend"] == backend
+        assert run.data.tags["keras.backend_version"] == importlib.metadata.version(backend)
+        assert "Changed from the baseline: train.backend=" in run.data.tags["mlflow.note.content"]
+        # The TensorFlow SavedModel reproduces this backend's own predictions.
+        assert run.data.metrics["export_max_abs_difference"] <= 1e-5
         assert {"test_accuracy", "test_loss", "test_f1_macro", "param_count", "train_seconds", "blessed"} <= set(
             run.data.metrics
         )
@@ -101,7 +113,7 @@ def test_dvc_compares_experiments_on_the_headline_columns(baseline: Path, queued
         assert "train_seconds" in metrics["reports/train/timing.json"]
         assert isinstance(metrics["reports/export/report.json"]["blessed"], bool)
     params_diff = json.loads(dvc(baseline, "params", "diff", first, second, "--json").stdout)
-    assert set(params_diff["params.yaml"]) == {"train.learning_rate"}
+    assert set(params_diff["params.yaml"]) == {"train.backend"}
     metrics_diff = json.loads(dvc(baseline, "metrics", "diff", first, second, "--all", "--json").stdout)
     assert "accuracy" in metrics_diff["reports/evaluate/metrics.json"]
     plots = json.loads(dvc(baseline, "plots", "diff", first, second, "--json").stdout)["data"]
@@ -110,10 +122,10 @@ def test_dvc_compares_experiments_on_the_headline_columns(baseline: Path, queued
 
 def test_run_cache_restore_makes_no_new_run_and_points_at_the_original(baseline: Path, queued: dict[str, str]) -> None:
     # The same params as a queued experiment: DVC restores every stage from its run cache.
-    (original, learning_rate) = next(iter(queued.items()))
+    (original, backend) = next(iter(queued.items()))
     client = project_client(baseline)
     runs_before = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
-    output = dvc(baseline, "exp", "run", "--name", "restored", "-S", f"train.learning_rate={learning_rate}").stdout
+    output = dvc(baseline, "exp", "run", "--name", "restored", "-S", f"train.backend={backend}").stdout
     assert "Running stage 'train'" not in output
     assert "Running stage 'export'" not in output
     assert runs_named(client, "restored") == []
