@@ -77,7 +77,9 @@ def test_export_refuses_a_model_that_disagrees(pipeline, tmp_path: Path, monkeyp
     output = tmp_path / "digits" / "1"
     output.mkdir(parents=True)
     (output / "previous.txt").write_text("previous export")
-    with pytest.raises(ValueError, match="disagrees with the Keras model on tensorflow on 45 test images: 3 different classes"):
+    with pytest.raises(
+        ValueError, match="disagrees with the Keras model on tensorflow on 45 test images: 3 different classes"
+    ):
         export_run(params, paths, output, tmp_path / "report.json")
     assert [path.name for path in output.iterdir()] == ["previous.txt"]
     assert [path.name for path in output.parent.iterdir()] == ["1"]
