@@ -143,8 +143,8 @@ class TrainParams(_Section):
         ge=0, description="epochs without validation-loss improvement before stopping; 0 is off"
     )
     jit_compile: bool = Field(
-        description="tensorflow: XLA, slower on the reference CPU, needs augment_translation 0; torch: "
-        "torch.compile; jax always compiles with XLA and ignores it"
+        description="tensorflow: XLA, slower on the reference CPU, needs augment_translation 0; jax always "
+        "compiles with XLA and ignores it; refused on torch"
     )
     mixed_precision: bool = Field(
         description="float16 compute with float32 weights; for GPUs, refused when the backend sees none"
@@ -161,6 +161,11 @@ class TrainParams(_Section):
     def _warmup_within_epochs(self) -> TrainParams:
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs = {self.warmup_epochs} must be smaller than epochs = {self.epochs}")
+        if self.jit_compile and self.backend == "torch":
+            raise ValueError(
+                "jit_compile = true is not supported on backend torch: Keras' torch.compile path recompiles its "
+                "layers past PyTorch's limit (137 s for the first epoch on the digits, with warnings); set it to false"
+            )
         if self.jit_compile and self.augment_translation > 0 and self.backend == "tensorflow":
             raise ValueError(
                 "jit_compile = true needs augment_translation = 0: Keras cannot compile its RandomTranslation "

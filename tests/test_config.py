@@ -67,6 +67,11 @@ def test_flatten_uses_dotted_keys() -> None:
             {"train": {"jit_compile": True, "augment_translation": 0.1}},
             "train: jit_compile = true needs augment_translation = 0",
         ),
+        (
+            {"train": {"jit_compile": True, "augment_translation": 0.0, "backend": "torch"}},
+            "train: jit_compile = true is not supported on backend torch",
+        ),
+        ({"train": {"backend": "mxnet"}}, "train.backend = 'mxnet': Input should be 'tensorflow', 'jax' or 'torch'"),
         ({"train": {"mixed_precision": 1}}, "train.mixed_precision = 1: Input should be a valid boolean"),
         (
             {"train": {"intra_op_threads": -1}},

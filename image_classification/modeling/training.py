@@ -142,7 +142,9 @@ def train_model(
                     signature=signatures.keras_signature(data.image_shape, num_classes),
                     pip_requirements=[
                         f"keras=={keras.__version__}",
-                        f"{backend_lib.PACKAGES[settings.backend][0]}=={backend_lib.version(settings.backend)}",
+                        # Without a local label (`+cpu`): PyPI hosts only the public version.
+                        f"{backend_lib.PACKAGES[settings.backend][0]}=="
+                        f"{backend_lib.version(settings.backend).split('+')[0]}",
                     ],
                 )
             artifacts.write_csv(history_path, rows, HISTORY_FIELDS)

@@ -103,6 +103,7 @@ def export_model(
             report = {
                 "model_name": export.model_name,
                 "version": export.version,
+                "checked_against": params.train.backend,
                 "images_checked": agreement.images,
                 "mismatched_classes": agreement.mismatched_classes,
                 "max_abs_difference": agreement.max_abs_difference,

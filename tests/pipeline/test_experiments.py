@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -79,7 +80,9 @@ def queued(baseline: Path) -> dict[str, str]:
     return {name: str(data["params"]["params.yaml"]["data"]["train"]["backend"]) for name, data in shown.items()}
 
 
-def test_two_workers_give_one_finished_run_per_experiment(baseline: Path, queued: dict[str, str]) -> None:
+def test_two_workers_give_one_finished_run_per_experiment(
+    baseline: Path, queued: dict[str, str], tmp_path: Path
+) -> None:
     assert sorted(queued.values()) == GRID["train.backend"]
     client = project_client(baseline)
     head = git(baseline, "rev-parse", "HEAD").strip()
@@ -95,6 +98,16 @@ def test_two_workers_give_one_finished_run_per_experiment(baseline: Path, queued
         assert "Changed from the baseline: train.backend=" in run.data.tags["mlflow.note.content"]
         # The TensorFlow SavedModel reproduces this backend's own predictions.
         assert run.data.metrics["export_max_abs_difference"] <= 1e-5
+        (keras_model,) = [
+            model
+            for model in client.search_logged_models([run.info.experiment_id], f"source_run_id = '{run.info.run_id}'")
+            if model.name == "model"
+        ]
+        requirements = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{keras_model.artifact_location}/requirements.txt", dst_path=str(tmp_path / name)
+        )
+        # A version PyPI hosts: no local label such as +cpu.
+        assert f"{backend}=={importlib.metadata.version(backend).split('+')[0]}\n" in Path(requirements).read_text()
         assert {"test_accuracy", "test_loss", "test_f1_macro", "param_count", "train_seconds", "blessed"} <= set(
             run.data.metrics
         )

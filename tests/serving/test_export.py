@@ -20,10 +20,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_savedmodel_matches_keras(pipeline) -> None:
-    _, paths, _ = pipeline
+    params, paths, _ = pipeline
     report = artifacts.read_json(paths["export_report"])
     assert report["mismatched_classes"] == 0
     assert report["max_abs_difference"] <= 1e-5
+    assert report["checked_against"] == params.train.backend == "tensorflow"
     test_set = split_images(paths, "test")
     outputs = savedmodel.predict_savedmodel(paths["savedmodel"], test_set.images)
     expected = trained_model.load_model(paths["model"]).predict(test_set.images, verbose=0)
