@@ -107,7 +107,8 @@ def test_two_workers_give_one_finished_run_per_experiment(
             artifact_uri=f"{keras_model.artifact_location}/requirements.txt", dst_path=str(tmp_path / name)
         )
         # A version PyPI hosts: no local label such as +cpu.
-        assert f"{backend}=={importlib.metadata.version(backend).split('+')[0]}\n" in Path(requirements).read_text()
+        pinned = f"{backend}=={importlib.metadata.version(backend).split('+')[0]}"
+        assert pinned in Path(requirements).read_text().splitlines()
         assert {"test_accuracy", "test_loss", "test_f1_macro", "param_count", "train_seconds", "blessed"} <= set(
             run.data.metrics
         )
