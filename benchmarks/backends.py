@@ -18,6 +18,7 @@ import datetime
 import importlib.metadata
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -114,8 +115,6 @@ def _threads_used(name: str) -> str:
         import torch
 
         return f"intra {torch.get_num_threads()}, inter {torch.get_num_interop_threads()}"
-    import os
-
     return os.environ.get("XLA_FLAGS") or "XLA's default pool"
 
 

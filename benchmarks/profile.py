@@ -42,16 +42,16 @@ def profile(module_name: str, argv: list[str], output: Path) -> int:
         The stage's exit code.
     """
     module = importlib.import_module(module_name)
-    ready = [time.time()]
+    ready = time.time()
     mlflow_seconds = [0.0]  # replaced by instrument_mlflow's accumulator once MLflow is instrumented
     work_modules = imported_in_main(module)
 
     def prepare() -> None:
+        nonlocal ready, mlflow_seconds
         for name in work_modules:
             importlib.import_module(name)
-        nonlocal mlflow_seconds
         mlflow_seconds = instrument_mlflow()
-        ready[0] = time.time()
+        ready = time.time()
 
     if work_modules:
         choose = backend.use
@@ -70,8 +70,8 @@ def profile(module_name: str, argv: list[str], output: Path) -> int:
         peak_kib = max(own_peak_kib(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
         record = {
             "stage": module_name.rsplit(".", 1)[-1],
-            "startup_seconds": round(ready[0] - process_start_time(), 3),
-            "main_seconds": round(time.time() - ready[0], 3),
+            "startup_seconds": round(ready - process_start_time(), 3),
+            "main_seconds": round(time.time() - ready, 3),
             "mlflow_seconds": round(mlflow_seconds[0], 3),
             "peak_rss_mib": round(peak_kib / 1024, 1),
         }
