@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +71,19 @@ def project_copy(parent: Path) -> Path:
     return root
 
 
-def repro(dataset: Dataset | None, overrides: dict, parent: Path, noop_repeats: int) -> ReproRun:
+def repro(
+    dataset: Dataset | None,
+    overrides: dict,
+    parent: Path,
+    noop_repeats: int,
+    variables: Mapping[str, str] | None = None,
+    targets: Sequence[str] = (),
+) -> ReproRun:
     """Run `dvc repro` on `dataset` (the embedded digits when None) with params `overrides`.
 
     The dataset goes into data/raw as an .npz file with `data.source: npz`. After the full run, a
-    no-op `dvc repro` is timed `noop_repeats` times.
+    no-op `dvc repro` is timed `noop_repeats` times. `variables` are added to the stages'
+    environment (a tracking URI); `targets` limits the run to those stages and what they depend on.
     """
     root = project_copy(parent)
     overrides = {section: dict(values) for section, values in overrides.items()}
@@ -92,10 +100,10 @@ def repro(dataset: Dataset | None, overrides: dict, parent: Path, noop_repeats: 
         params[section] = {**params[section], **values}
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     profile = root / "stage-profile.jsonl"
-    env = _environment(STAGES_PROFILE=str(profile))
+    env = environment(STAGES_PROFILE=str(profile), **(variables or {}))
     logger.info("dvc repro in %s", root)
     started = time.perf_counter()
-    _dvc(root, env, "repro")
+    _dvc(root, env, "repro", *targets)
     wall = time.perf_counter() - started
     records = [json.loads(line) for line in profile.read_text().splitlines()]
     stages = {record.pop("stage"): record for record in records}
@@ -104,7 +112,7 @@ def repro(dataset: Dataset | None, overrides: dict, parent: Path, noop_repeats: 
     noop = []
     for _ in range(noop_repeats):
         started = time.perf_counter()
-        _dvc(root, _environment(), "repro")
+        _dvc(root, environment(), "repro")
         noop.append(time.perf_counter() - started)
     return ReproRun(images, wall, train_seconds, stages, noop, overrides)
 
@@ -135,7 +143,7 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def _environment(**extra: str) -> dict[str, str]:
+def environment(**extra: str) -> dict[str, str]:
     """The user's environment with the project's interpreter first and no tracking URI or DVC state."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_", "STAGES_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

@@ -137,6 +137,57 @@ def write_report(results: dict, output: Path, command: str) -> None:
         staged.write_text(text, encoding="utf-8")
 
 
+def team_section(docs: Path) -> list[str]:
+    """Section 6, from the figures `make bench-tracking` and `make bench-distributed` wrote beside their pages.
+
+    They need the team's servers and the JAX backend, so they run as their own commands; this
+    report repeats their headline figures and says when they were measured.
+    """
+    lines = ["", "## 6. Teams and clusters", ""]
+    tracking, distributed = docs / "tracking-benchmark.json", docs / "distributed-benchmark.json"
+    if tracking.is_file():
+        figures = json.loads(tracking.read_text(encoding="utf-8"))
+        seconds = {
+            store: {stage: statistics.median(r[stage]["mlflow_seconds"] for r in rounds) for stage in rounds[0]}
+            for store, rounds in figures["runs"].items()
+        }
+        sqlite, server = seconds["sqlite"], seconds["server"]
+        lines += [
+            f"**Tracking round trip** (`{figures['command']}`, {figures['date']}, "
+            f"[docs/tracking-benchmark.md](docs/tracking-benchmark.md)): seconds the stages spend in MLflow calls, "
+            f"median of {figures['repeats']} rounds of `dvc repro`, SQLite store against the shared server "
+            f"({figures['server']}).",
+            "",
+            "| stage | SQLite store | shared server |",
+            "|---|---|---|",
+            *(f"| {stage} | {sqlite[stage]:.2f} | {server[stage]:.2f} |" for stage in sqlite if sqlite[stage] or
+              server[stage]),
+            f"| all stages | {sum(sqlite.values()):.2f} | {sum(server.values()):.2f} |",
+            "",
+        ]  # fmt: skip
+    if distributed.is_file():
+        figures = json.loads(distributed.read_text(encoding="utf-8"))
+        one, two, half = (figures["runs"][name] for name in ("one", "two", "half"))
+        overhead = two["step_ms"] - half["step_ms"]
+        lines += [
+            f"**Two workers against one** (`{figures['command']}`, {figures['date']}, "
+            f"[docs/distributed-benchmark.md](docs/distributed-benchmark.md)): the train stage on JAX, "
+            f"`distribution: multi_process`, {figures['epochs']} epochs of the embedded digits, global batch "
+            f"{figures['batch_size']}.",
+            "",
+            f"- Two processes: **{two['images_per_second']:,.0f} images/s against {one['images_per_second']:,.0f}** "
+            f"for one process on the same cores ({two['images_per_second'] / one['images_per_second']:.2f} times).",
+            f"- Communication overhead: **{overhead:.0f} ms of each {two['step_ms']:.0f} ms step** "
+            f"({overhead / two['step_ms']:.0%}), against {half['step_ms']:.0f} ms for one process computing its "
+            "half of the batch alone: the collectives of every step over Gloo, dominated by their latency with a "
+            "model this small.",
+            "",
+        ]
+    if len(lines) == 3:
+        lines += ["Not measured: run `make bench-tracking` and `make bench-distributed`.", ""]
+    return lines[:-1]
+
+
 def render(results: dict, command: str, figure_name: str) -> str:
     """The report as Markdown."""
     machine_info = results["machine"]
@@ -284,6 +335,7 @@ def render(results: dict, command: str, figure_name: str) -> str:
             f"{peak['flops_per_cycle']} FLOP/cycle (FMA on 16 float32 lanes, two units, from the AVX-512 flags) = "
             f"{peak['theoretical'] / 1e9:.1f} GFLOP/s; the loop reaches {ceiling['fraction_of_theoretical']:.1%}."
         )
+    lines += team_section(Path("docs"))
     levers = Path(__file__).with_name("levers.md")
     if levers.is_file():
         lines += ["", levers.read_text(encoding="utf-8").strip()]

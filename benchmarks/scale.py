@@ -71,7 +71,7 @@ def measure_size(size: int, parent: Path, quick: bool) -> dict:
         params["train"].update({"filters": 8, "batch_size": 32})
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     profile = root / "stage-profile.jsonl"
-    env = pipeline._environment(STAGES_PROFILE=str(profile))
+    env = pipeline.environment(STAGES_PROFILE=str(profile))
     started = time.perf_counter()
     pipeline._dvc(root, env, "repro")
     wall = time.perf_counter() - started
@@ -173,7 +173,7 @@ def measure_photos(count: int, parent: Path) -> dict:
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     profile = root / "stage-profile.jsonl"
     started = time.perf_counter()
-    pipeline._dvc(root, pipeline._environment(STAGES_PROFILE=str(profile)), "repro")
+    pipeline._dvc(root, pipeline.environment(STAGES_PROFILE=str(profile)), "repro")
     wall = time.perf_counter() - started
     stages = {record.pop("stage"): record for record in map(json.loads, profile.read_text().splitlines())}
     timing = artifacts.read_json(root / "reports" / "train" / "timing.json")

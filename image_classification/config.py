@@ -30,6 +30,7 @@ BACKGROUNDS = ("white", "black")
 LR_SCHEDULES = ("constant", "cosine")
 POOLINGS = ("flatten", "global_average")
 BACKENDS = tuple(BACKEND_PACKAGES)
+DISTRIBUTIONS = ("none", "mirrored", "multi_process")
 BAD_FILE_POLICIES = ("skip", "fail")
 # A registered model or SavedModel folder name: what MLflow's registry and file systems both accept.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -156,6 +157,18 @@ class TrainParams(_Section):
         ge=0, le=1024, description="ops run side by side (TensorFlow, PyTorch; JAX has none); 0 lets the backend decide"
     )
     seed: int = Field(ge=0, description="seeds weights, dropout, augmentation and the epoch order")
+    distribution: Literal[DISTRIBUTIONS] = Field(  # type: ignore[valid-type]
+        description="none: one process, one device; mirrored: tf.distribute.MirroredStrategy over this machine's "
+        "GPUs (backend tensorflow); multi_process: keras.distribution.DataParallel across num_processes "
+        "processes (backend jax). batch_size stays the global batch, so the learning rate needs no scaling"
+    )
+    num_processes: int = Field(
+        ge=2, le=1024, description="multi_process: training processes, each feeding batch_size / num_processes images"
+    )
+    coordinator_address: str | None = Field(
+        description="multi_process: null runs every process on this machine; HOST:PORT makes this machine "
+        "process 0, listening there, and the others are started by hand (docs/team.md)"
+    )
 
     @model_validator(mode="after")
     def _warmup_within_epochs(self) -> TrainParams:
@@ -171,6 +184,20 @@ class TrainParams(_Section):
                 "jit_compile = true needs augment_translation = 0: Keras cannot compile its RandomTranslation "
                 "layer with XLA and would silently train without XLA"
             )
+        needs = {"mirrored": "tensorflow", "multi_process": "jax"}.get(self.distribution)
+        if needs and self.backend != needs:
+            raise ValueError(
+                f"distribution = {self.distribution} needs backend = {needs}, not {self.backend}: "
+                + ("MirroredStrategy is TensorFlow's" if needs == "tensorflow" else
+                   "Keras trains across processes (keras.distribution.initialize) on JAX only")
+            )  # fmt: skip
+        if self.distribution == "multi_process" and self.batch_size % self.num_processes:
+            raise ValueError(
+                f"batch_size = {self.batch_size} must be a multiple of num_processes = {self.num_processes}: "
+                "it is the global batch, split evenly across the processes"
+            )
+        if self.coordinator_address is not None and not re.fullmatch(r"[^\s:]+:\d{1,5}", self.coordinator_address):
+            raise ValueError(f"coordinator_address = {self.coordinator_address!r} must be HOST:PORT, or null")
         return self
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -21,6 +20,11 @@ from image_classification.config import Params, parse_params
 from image_classification.data.dataset import Dataset, content_hashes
 from image_classification.data.shards import ShardWriter, open_dataset
 from image_classification.data.split import read_membership
+from image_classification.services import processes
+from image_classification.services.processes import free_port
+
+if TYPE_CHECKING:
+    from image_classification.services.stack import Services
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -174,50 +178,49 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def wait_until_up(url: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
     """Poll `url` until it answers 200; fail with the server's log if it exits or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"the server behind {url} did not start:\n{log_path.read_text()}")
-        time.sleep(0.5)
+    try:
+        processes.wait_until_ready(url, lambda: processes.answers(url), log_path, timeout, process.pid)
+    except processes.ServiceError as error:
+        raise AssertionError(f"{error}:\n{log_path.read_text()}") from None
 
 
 @contextlib.contextmanager
 def mlflow_server(folder: Path) -> Iterator[str]:
     """Run `mlflow server` in its own process with its own SQLite store on a free localhost port."""
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    log_path = folder / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [
-                str(VENV_BIN / "mlflow"), "server",
-                "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-                "--artifacts-destination", str(folder / "artifacts"),
-                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            ],
-            stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=pipeline_env(),
-        )  # fmt: skip
-        try:
-            wait_until_up(f"{uri}/health", process, log_path, timeout=120)
-            yield uri
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    from image_classification.services import tracking_server
+
+    try:
+        yield tracking_server.start(
+            folder, free_port(), f"sqlite:///{folder / 'server.db'}", str(folder / "artifacts"), workers=1
+        )
+    finally:
+        tracking_server.stop(folder)
+
+
+@pytest.fixture(scope="session")
+def shared_services() -> Iterator[Services]:
+    """PostgreSQL, the SeaweedFS S3 store and an MLflow server on free ports, started once by the services package.
+
+    A service that cannot start skips the tests that need it, with the reason; with CI=true it fails them.
+    """
+    from image_classification.services import stack
+
+    # Under the system's temporary folder, whose parents every user may enter: started by root,
+    # PostgreSQL runs as the postgres user and must reach its data folder.
+    folder = Path(tempfile.mkdtemp(prefix="pipeline-services-"))
+    folder.chmod(0o755)
+    try:
+        services = stack.start(folder / "services", stack.Ports.free())
+    except (ImportError, OSError) as error:
+        reason = f"the shared tracking services did not start: {error}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield services
+    stack.stop(services.folder)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

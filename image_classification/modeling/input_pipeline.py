@@ -14,11 +14,20 @@ from image_classification.data.shards import ShardedDataset
 
 
 def make_dataset(
-    data: ShardedDataset, rows: np.ndarray, num_classes: int, batch_size: int, one_hot: bool = False
+    data: ShardedDataset,
+    rows: np.ndarray,
+    num_classes: int,
+    batch_size: int,
+    one_hot: bool = False,
+    process_index: int = 0,
+    num_processes: int = 1,
 ) -> tf.data.Dataset:
-    """Batches of (uint8 images (b, H, W, C), int64 labels (b,) or one-hot float32 (b, K)) for `rows`, in order."""
-    rows = np.asarray(rows, dtype=np.int64)
-    batches = tf.data.Dataset.from_tensor_slices(rows).batch(batch_size)
+    """Batches of (uint8 images (b, H, W, C), int64 labels (b,) or one-hot float32 (b, K)) for `rows`, in order.
+
+    With `num_processes` > 1, this process' part of each global batch of `batch_size` (`process_rows`).
+    """
+    rows = process_rows(np.asarray(rows, dtype=np.int64), process_index, num_processes)
+    batches = tf.data.Dataset.from_tensor_slices(rows).batch(batch_size // num_processes)
     return batches.map(_loader(data, num_classes, one_hot), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE
     )
@@ -33,6 +42,8 @@ def make_training_dataset(
     first_epoch: int,
     epochs: int,
     one_hot: bool = False,
+    process_index: int = 0,
+    num_processes: int = 1,
 ) -> tf.data.Dataset:
     """Shuffled batches of `rows` for epochs `first_epoch` .. `epochs - 1`, one epoch after another.
 
@@ -40,6 +51,9 @@ def make_training_dataset(
     has already iterated, so training resumed at epoch k sees exactly the batches an uninterrupted
     run would have seen from epoch k on. The shuffle is over all of `rows` (any row can be read
     directly from its shard), not a window of them. Use with `fit(steps_per_epoch=steps_per_epoch(...))`.
+
+    With `num_processes` > 1 every process draws the same order and keeps its part of each global
+    batch of `batch_size` (`process_rows`), so the processes together train on the batches one process would.
     """
     rows_tensor = tf.constant(np.asarray(rows, dtype=np.int64))
     count = len(rows)
@@ -49,7 +63,8 @@ def make_training_dataset(
         order = tf.random.experimental.stateless_shuffle(
             tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
         )
-        return tf.data.Dataset.from_tensor_slices(tf.gather(rows_tensor, order)).batch(batch_size)
+        mine = process_rows(tf.gather(rows_tensor, order), process_index, num_processes)
+        return tf.data.Dataset.from_tensor_slices(mine).batch(batch_size // num_processes)
 
     epochs_dataset = tf.data.Dataset.range(first_epoch, epochs, output_type=tf.int64)
     batches = epochs_dataset.flat_map(one_epoch)
@@ -58,8 +73,24 @@ def make_training_dataset(
     )
 
 
-def steps_per_epoch(count: int, batch_size: int) -> int:
-    return -(-count // batch_size)
+def steps_per_epoch(count: int, batch_size: int, num_processes: int = 1) -> int:
+    """Global batches in an epoch of `count` rows (the last one may be short), after `process_rows` drops the tail."""
+    return -(-(count - count % num_processes) // batch_size)
+
+
+def process_rows(rows, process_index: int, num_processes: int):
+    """Process `process_index`'s rows of `rows`: every `num_processes`-th one, after the last `count % num_processes`.
+
+    Batching the result by `batch_size / num_processes` gives each process its equal part of every
+    global batch of `rows` batched by `batch_size`, short last batch included: global batch j is the
+    union of the processes' batches j. Up to `num_processes - 1` rows at the end are left out, so
+    that every process feeds as many images; which ones follows the order. A NumPy array or a
+    tf.Tensor of shape (n,); `num_processes` 1 returns `rows` unchanged.
+    """
+    if num_processes == 1:
+        return rows
+    kept = (rows.shape[0] // num_processes) * num_processes
+    return rows[process_index:kept:num_processes]
 
 
 def _loader(data: ShardedDataset, num_classes: int, one_hot: bool):

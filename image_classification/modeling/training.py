@@ -25,7 +25,14 @@ from image_classification.config import Params, TrainParams, flatten
 from image_classification.data import dataset as dataset_lib
 from image_classification.data import shards, split
 from image_classification.data.dataset import DataVersion
-from image_classification.modeling import architecture, checkpoints, input_pipeline, runtime, trained_model
+from image_classification.modeling import (
+    architecture,
+    checkpoints,
+    distribution,
+    input_pipeline,
+    runtime,
+    trained_model,
+)
 from image_classification.tracking import runs, signatures, store
 
 logger = logging.getLogger(__name__)
@@ -44,6 +51,8 @@ def train_model(
     timing_path: Path,
     checkpoint_dir: Path,
     data_statistics: Path | None = None,
+    process_index: int = 0,
+    coordinator_address: str | None = None,
 ) -> dict:
     """Train the model, write it with the id of its MLflow run, its history, summary and timing.
 
@@ -54,13 +63,22 @@ def train_model(
     hash of the source data, its source and size) is logged as the run's training dataset; without
     it the digest of the train and validation rows stands in.
 
+    With `train.distribution: multi_process` every process calls this, with its `process_index` and
+    the chief's `coordinator_address`; only the chief (index 0) touches MLflow, the checkpoint and
+    the output paths, and the others return once it has written them. A resumed run needs the
+    checkpoint folder on every process (shared, as on one machine): the chief decides the epoch to
+    resume from, and the others read the same checkpoint.
+
     Returns:
-        The training summary written to `summary_path`.
+        The training summary written to `summary_path` (on the chief; an empty dict on the others).
 
     Raises:
         ValueError: inconsistent inputs, a damaged shard, or a loss that became NaN or infinite.
     """
-    store.configure()  # a malformed or unreachable store fails here, before any heavy work
+    settings = params.train
+    cluster = distribution.connect(settings, process_index, coordinator_address)
+    if cluster.is_chief:
+        store.configure()  # a malformed or unreachable store fails here, before any heavy work
     data_version = (
         DataVersion.from_json(artifacts.read_json(data_statistics).get("data_version", {}), str(data_statistics))
         if data_statistics
@@ -70,7 +88,6 @@ def train_model(
         members = split.read_membership(membership_path, data, ("train", "validation"))
         train_rows, validation_rows = members["train"], members["validation"]
         dataset_lib.validate_labels(data.labels[train_rows], data.class_names, f"{data.folder} (train split)")
-        settings = params.train
         num_classes = len(data.class_names)
         data_digest = dataset_lib.digest(
             np.frombuffer(split.split_digest(data, train_rows).encode("ascii"), dtype=np.uint8),
@@ -83,16 +100,19 @@ def train_model(
         }
         checkpoint_path = checkpoint_dir / CHECKPOINT_FILE
         key = checkpoints.checkpoint_key(logged_params, data_digest)
-        previous = checkpoints.load(checkpoint_path, key)
-        if previous is not None and not runs.run_exists(previous.run_id):
-            logger.warning("checkpoint %s names a run no longer in MLflow; training from scratch", checkpoint_path)
-            previous = None
-
-        model, trainer = build_compiled_model(data.image_shape, num_classes, len(train_rows), settings)
+        previous = _resume_point(checkpoint_path, key, cluster)
+        model, trainer = build_compiled_model(data.image_shape, num_classes, len(train_rows), settings, cluster)
         if previous is not None:
-            checkpoints.restore(trainer, previous.variables)
+            with cluster.scope():  # the optimizer's variables are created here, mirrored like the model's
+                checkpoints.restore(trainer, previous.variables)
             logger.info("resuming from %s after epoch %d of %d", checkpoint_path, previous.epoch, settings.epochs)
         first_epoch = previous.epoch if previous is not None else 0
+        if not cluster.is_chief:
+            if first_epoch < settings.epochs:
+                fit(trainer, data, train_rows, validation_rows, settings, _shared_callbacks(settings), first_epoch,
+                    verbose=0, cluster=cluster)  # fmt: skip
+            cluster.barrier("outputs written")
+            return {}
 
         changed = runs.changed_params(logged_params, runs.baseline_params(Path.cwd()))
         description = runs.run_description(
@@ -119,6 +139,7 @@ def train_model(
                     settings,
                     training_callbacks(settings, checkpoint_path, checkpoint),
                     first_epoch,
+                    cluster=cluster,
                 )
             rows = [_history_row(row) for row in checkpoint.history]
             best = min(rows, key=lambda row: row["val_loss"])
@@ -134,6 +155,9 @@ def train_model(
                 "resumed_after_epoch": first_epoch,
             }
             mlflow.log_metrics({"train_seconds": timing["train_seconds"], "best_epoch": best["epoch"]})
+            model = distribution.plain_copy(
+                model, lambda: architecture.build_model(tuple(data.image_shape), num_classes, settings), cluster
+            )
             with artifacts.atomic_path(model_dir) as staged:
                 trained_model.save(model, run_id, staged)
                 mlflow.keras.log_model(
@@ -152,11 +176,37 @@ def train_model(
             artifacts.write_json(timing_path, timing)
             mlflow.log_artifact(str(history_path), "training")
         checkpoint_path.unlink(missing_ok=True)
+        cluster.barrier("outputs written")
         return summary
 
 
+def _resume_point(path: Path, key: str, cluster: distribution.Cluster) -> checkpoints.Checkpoint | None:
+    """The checkpoint to resume from, the chief's decision on every process; None to train from scratch.
+
+    Raises:
+        ValueError: a process other than the chief cannot read the checkpoint the chief resumes from.
+    """
+    previous = checkpoints.load(path, key)
+    if cluster.is_chief and previous is not None and not runs.run_exists(previous.run_id):
+        logger.warning("checkpoint %s names a run no longer in MLflow; training from scratch", path)
+        previous = None
+    epoch = cluster.broadcast(previous.epoch if previous is not None else 0)
+    if epoch == 0:
+        return None
+    if previous is None or previous.epoch != epoch:
+        raise ValueError(
+            f"process {cluster.process_index} cannot read the checkpoint {path} at epoch {epoch} that process 0 "
+            "resumes from; every process needs the same checkpoint folder (shared storage), or delete it to start over"
+        )
+    return previous
+
+
 def build_compiled_model(
-    image_shape: Sequence[int], num_classes: int, train_images: int, settings: TrainParams
+    image_shape: Sequence[int],
+    num_classes: int,
+    train_images: int,
+    settings: TrainParams,
+    cluster: distribution.Cluster | None = None,
 ) -> tuple[keras.Model, keras.Model]:
     """Configure the backend, seed it, and build the model for `train_images` images of `image_shape`.
 
@@ -169,10 +219,12 @@ def build_compiled_model(
     """
     runtime.configure_runtime(settings)
     runtime.seed_everything(settings.seed, deterministic_ops=not settings.jit_compile)
-    model = architecture.build_model(tuple(image_shape), num_classes, settings)
-    trainer = architecture.compile_model(
-        model, settings, input_pipeline.steps_per_epoch(train_images, settings.batch_size)
-    )
+    cluster = cluster or distribution.Cluster()
+    with cluster.scope():
+        model = architecture.build_model(tuple(image_shape), num_classes, settings)
+        trainer = architecture.compile_model(
+            model, settings, input_pipeline.steps_per_epoch(train_images, settings.batch_size, cluster.num_processes)
+        )
     return model, trainer
 
 
@@ -183,16 +235,20 @@ def training_callbacks(
 
     Expects an active MLflow run.
     """
-    early_stopping = (
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=settings.early_stopping_patience, restore_best_weights=True
+    shared = _shared_callbacks(settings)
+    early_stopping = next((item for item in shared if isinstance(item, keras.callbacks.EarlyStopping)), None)
+    return [_EpochLogger(), *shared, checkpoints.EpochCheckpoint(checkpoint_path, checkpoint, early_stopping)]
+
+
+def _shared_callbacks(settings: TrainParams) -> list[keras.callbacks.Callback]:
+    """The callbacks every training process runs (the chief adds MLflow logging and the checkpoint)."""
+    callbacks: list[keras.callbacks.Callback] = [_StopOnNonFiniteLoss(settings.learning_rate)]
+    if settings.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=settings.early_stopping_patience, restore_best_weights=True
+            )
         )
-        if settings.early_stopping_patience
-        else None
-    )
-    callbacks = [_EpochLogger(), _StopOnNonFiniteLoss(settings.learning_rate)]
-    callbacks += [early_stopping] if early_stopping else []
-    callbacks.append(checkpoints.EpochCheckpoint(checkpoint_path, checkpoint, early_stopping))
     return callbacks
 
 
@@ -205,6 +261,7 @@ def fit(
     callbacks: Sequence[keras.callbacks.Callback],
     first_epoch: int = 0,
     verbose: int = 2,
+    cluster: distribution.Cluster | None = None,
 ) -> keras.callbacks.History:
     """The stage's training loop: epochs `first_epoch` .. `settings.epochs - 1`, validated after each.
 
@@ -215,18 +272,22 @@ def fit(
     """
     num_classes = len(data.class_names)
     one_hot = architecture.uses_one_hot_labels(settings)
+    cluster = cluster or distribution.Cluster()
+    part = {"process_index": cluster.process_index, "num_processes": cluster.num_processes}
     train_data = input_pipeline.make_training_dataset(
-        data, train_rows, num_classes, settings.batch_size, settings.seed, first_epoch, settings.epochs, one_hot
+        data, train_rows, num_classes, settings.batch_size, settings.seed, first_epoch, settings.epochs, one_hot, **part
     )
     validation_data = None
     if validation_rows is not None:
-        validation_data = input_pipeline.make_dataset(data, validation_rows, num_classes, settings.batch_size, one_hot)
+        validation_data = input_pipeline.make_dataset(
+            data, validation_rows, num_classes, settings.batch_size, one_hot, **part
+        )
     return model.fit(
         train_data,
         validation_data=validation_data,
         epochs=settings.epochs,
         initial_epoch=first_epoch,
-        steps_per_epoch=input_pipeline.steps_per_epoch(len(train_rows), settings.batch_size),
+        steps_per_epoch=input_pipeline.steps_per_epoch(len(train_rows), settings.batch_size, cluster.num_processes),
         verbose=verbose,
         callbacks=list(callbacks),
         shuffle=False,  # make_training_dataset shuffles, as a function of seed and epoch

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import backends, pipeline, run, scale, training
+from benchmarks import backends, distributed, pipeline, run, scale, tracking, training
 from image_classification.config import BACKENDS, Params
+from image_classification.services.stack import Services
 from tests.conftest import make_images
 
 SECTIONS = (
@@ -18,6 +19,7 @@ SECTIONS = (
     "## 3. Pipeline overhead",
     "## 4. Memory",
     "## 5. Hardware ceiling",
+    "## 6. Teams and clusters",
 )
 
 
@@ -160,3 +162,63 @@ def test_backend_comparison_trains_each_backend_in_its_own_process(tmp_path: Pat
         assert 0 < measured["peak_mib"] < 8192
     page = output.read_text()
     assert all(f"| {name} | {importlib.metadata.version(name)} |" in page for name in BACKENDS)
+
+
+@pytest.mark.slow
+def test_tracking_benchmark_profiles_each_store(shared_services: Services, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(shared_services.tracking_uri)
+    runs_before = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+    output = tmp_path / "tracking.md"
+    tracking.main(["--quick", "--tracking-uri", shared_services.tracking_uri, "--output", str(output)])
+    results = json.loads(output.with_suffix(".json").read_text())
+    assert results["repeats"] == 1
+    for store in tracking.STORES:
+        (stages,) = results["runs"][store]
+        assert set(stages) == {"prepare", "split", "train"}
+        assert stages["train"]["mlflow_seconds"] > 0
+        assert stages["split"]["mlflow_seconds"] == 0  # the data stages do not touch MLflow
+    # The server's round went to the server, the SQLite round to the copy's own store.
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == runs_before + 1
+    page = output.read_text()
+    assert "| train |" in page
+    assert "| all stages |" in page
+
+
+def distributed_figures() -> dict:
+    run_figures = {"train_seconds": 30.0, "final_val_accuracy": 0.96, "param_count": 34402}
+    return {
+        "date": "2026-12-01", "machine": "a CPU", "command": "make bench-distributed", "keras": "3", "jax": "0",
+        "epochs": 4, "batch_size": 64, "gradient_mib": 0.13,
+        "runs": {
+            "one": {"label": "one", "step_ms": 90.0, "images_per_second": 711.1, **run_figures},
+            "two": {"label": "two", "step_ms": 120.0, "images_per_second": 533.3, **run_figures},
+            "half": {"label": "half", "step_ms": 30.0, "images_per_second": 1066.7, **run_figures},
+        },
+    }  # fmt: skip
+
+
+def test_distributed_benchmark_reads_keras_step_times_and_derives_the_overhead() -> None:
+    line = "55/55 - 7s - 127ms/step - accuracy: 0.9 - loss: 0.3 - val_accuracy: 0.9"
+    assert distributed.STEP.match(line).groups() == ("127", "ms")
+    assert distributed.STEP.match("55/55 - 70s - 1s/step - accuracy: 0.9").groups() == ("1", "s")
+    page = distributed.render(distributed_figures())
+    assert "0.75 times the images per second" in page
+    assert "90.0 ms of every 120.0 ms step (75%)" in page
+
+
+def test_report_repeats_the_team_figures_or_says_they_are_missing(tmp_path: Path) -> None:
+    assert run.team_section(tmp_path)[-1] == "Not measured: run `make bench-tracking` and `make bench-distributed`."
+    (tmp_path / "distributed-benchmark.json").write_text(json.dumps(distributed_figures()))
+    rounds = [{stage: {"mlflow_seconds": seconds} for stage, seconds in (("split", 0.0), ("train", value))}
+              for value in (1.0, 3.0, 2.0)]  # fmt: skip
+    (tmp_path / "tracking-benchmark.json").write_text(json.dumps({
+        "command": "make bench-tracking", "date": "2026-12-01", "repeats": 3, "server": "PostgreSQL",
+        "runs": {"sqlite": rounds, "server": [{**r, "train": {"mlflow_seconds": 1.5}} for r in rounds]},
+    }))  # fmt: skip
+    section = "\n".join(run.team_section(tmp_path))
+    assert "| train | 2.00 | 1.50 |" in section
+    assert "| split |" not in section  # no MLflow call on either store
+    assert "**533 images/s against 711** for one process on the same cores (0.75 times)" in section
+    assert "**90 ms of each 120 ms step** (75%)" in section

@@ -149,21 +149,18 @@ def test_epochs_change_reruns_train_evaluate_export(built: Path) -> None:
     longer_run = trained_model.run_id(built / "models/trained")
     longer_metrics = (built / "reports/evaluate/metrics.json").read_text()
     assert longer_run != first_run
-
-    # Same params, data and machine, trained again from scratch: identical test metrics.
-    set_param(built, "train", "epochs", 2)
-    assert repro(built, "--no-run-cache") == ["train", "evaluate", "export"]
-    assert (built / "reports/evaluate/metrics.json").read_text() == first_metrics
+    assert longer_metrics != first_metrics
 
     # DVC's run cache restores an earlier result without running anything; the restored model
-    # still names the MLflow run that produced it, and that run holds its metrics.
-    set_param(built, "train", "epochs", 3)
+    # still names the MLflow run that produced it, and that run holds its metrics. (Training again
+    # from scratch gives identical metrics: tests/pipeline/test_stage_chain.py.)
+    set_param(built, "train", "epochs", 2)
     assert repro(built) == []
-    assert trained_model.run_id(built / "models/trained") == longer_run
-    assert (built / "reports/evaluate/metrics.json").read_text() == longer_metrics
-    run = MlflowClient(f"sqlite:///{built / 'mlflow.db'}").get_run(longer_run)
-    assert run.data.params["train.epochs"] == "3"
-    assert run.data.metrics["test_accuracy"] == pytest.approx(json.loads(longer_metrics)["accuracy"], abs=1e-6)
+    assert trained_model.run_id(built / "models/trained") == first_run
+    assert (built / "reports/evaluate/metrics.json").read_text() == first_metrics
+    run = MlflowClient(f"sqlite:///{built / 'mlflow.db'}").get_run(first_run)
+    assert run.data.params["train.epochs"] == "2"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(json.loads(first_metrics)["accuracy"], abs=1e-6)
 
 
 def test_split_seed_change_reruns_split_and_after(built: Path) -> None:
