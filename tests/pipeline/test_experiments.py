@@ -1,7 +1,9 @@
-"""`dvc exp` sweeps, the MLflow store under concurrency, a live tracking server and an unreachable one.
+"""`dvc exp` sweeps on the team's shared tracking server, under concurrency; another live server and an unreachable one.
 
 One tiny project is built once for the module; the tests run in file order and each leaves the
-workspace as a committed baseline plus experiments.
+workspace as a committed baseline plus experiments. Its stages record to the session's shared
+server (`mlflow server` on PostgreSQL, artifacts in the S3 store), as a team's would; concurrent
+stages on a SQLite store are tested in tests/tracking/test_store.py.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from image_classification.modeling import trained_model
+from image_classification.services.stack import Services
 from tests.conftest import free_port, git, make_project, mlflow_server, pipeline_env
 
 pytestmark = pytest.mark.slow
@@ -26,7 +29,12 @@ pytestmark = pytest.mark.slow
 GRID = {"train.backend": ["jax", "torch"]}
 
 
+# The shared server's tracking URI, for every `dvc` command of the module (set by `baseline`).
+SERVER: dict[str, str] = {}
+
+
 def dvc(project: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    env = {"MLFLOW_TRACKING_URI": SERVER["uri"], **env}
     result = subprocess.run(
         ["dvc", *args], cwd=project, env=pipeline_env(**env), capture_output=True, text=True, timeout=900
     )
@@ -35,8 +43,8 @@ def dvc(project: Path, *args: str, check: bool = True, **env: str) -> subprocess
     return result
 
 
-def project_client(project: Path) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+def server_client() -> MlflowClient:
+    return MlflowClient(SERVER["uri"])
 
 
 def runs_named(client: MlflowClient, exp_name: str) -> list:
@@ -55,8 +63,9 @@ def experiments_shown(project: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny project after one `dvc repro`, committed as the experiments' baseline."""
+def baseline(shared_services: Services, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny project after one `dvc repro` against the shared server, committed as the experiments' baseline."""
+    SERVER["uri"] = shared_services.tracking_uri
     root = make_project(tmp_path_factory.mktemp("exp"))
     dvc(root, "repro")
     git(root, "add", "--all")
@@ -66,7 +75,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def queued(baseline: Path) -> dict[str, str]:
-    """A 2-point grid queued and run by two workers at once; {experiment name: backend}."""
+    """A 2-point grid queued and run by two workers at once, recording to the server; {experiment name: backend}."""
     dvc(baseline, "exp", "run", "--queue", "-S", f"train.backend={','.join(GRID['train.backend'])}")
     dvc(baseline, "queue", "start", "--jobs", "2")
     deadline = time.monotonic() + 900
@@ -84,7 +93,7 @@ def test_two_workers_give_one_finished_run_per_experiment(
     baseline: Path, queued: dict[str, str], tmp_path: Path
 ) -> None:
     assert sorted(queued.values()) == GRID["train.backend"]
-    client = project_client(baseline)
+    client = server_client()
     head = git(baseline, "rev-parse", "HEAD").strip()
     for name, backend in queued.items():
         runs = runs_named(client, name)
@@ -104,7 +113,9 @@ def test_two_workers_give_one_finished_run_per_experiment(
             if model.name == "model"
         ]
         requirements = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{keras_model.artifact_location}/requirements.txt", dst_path=str(tmp_path / name)
+            artifact_uri=f"{keras_model.artifact_location}/requirements.txt",
+            dst_path=str(tmp_path / name),
+            tracking_uri=SERVER["uri"],
         )
         # A version PyPI hosts: no local label such as +cpu.
         pinned = f"{backend}=={importlib.metadata.version(backend).split('+')[0]}"
@@ -113,8 +124,10 @@ def test_two_workers_give_one_finished_run_per_experiment(
             run.data.metrics
         )
         assert run.data.tags["blessed"] in ("true", "false")
-    versions = client.search_model_versions("name = 'digits'")
-    assert len(versions) == 3  # the baseline's export and one per experiment
+        (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+        assert version.name == "digits"
+    # Nothing went to a SQLite store: not the project's, nor one in a queue worker's temporary copy.
+    assert not (baseline / "mlflow.db").exists()
     assert not list(baseline.glob(".dvc/tmp/**/mlflow.db"))
 
 
@@ -137,7 +150,7 @@ def test_dvc_compares_experiments_on_the_headline_columns(baseline: Path, queued
 def test_run_cache_restore_makes_no_new_run_and_points_at_the_original(baseline: Path, queued: dict[str, str]) -> None:
     # The same params as a queued experiment: DVC restores every stage from its run cache.
     (original, backend) = next(iter(queued.items()))
-    client = project_client(baseline)
+    client = server_client()
     runs_before = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
     output = dvc(baseline, "exp", "run", "--name", "restored", "-S", f"train.backend={backend}").stdout
     assert "Running stage 'train'" not in output
@@ -168,7 +181,7 @@ def test_pipeline_logs_to_a_live_tracking_server(baseline: Path, live_server: st
     assert {item.path for item in client.list_artifacts(run.info.run_id)} >= {"evaluation", "savedmodel", "training"}
     (version,) = client.search_model_versions("name = 'digits'")
     assert version.run_id == run.info.run_id
-    assert runs_named(project_client(baseline), "served") == []
+    assert runs_named(server_client(), "served") == []
 
 
 def test_unreachable_server_fails_fast_and_dvc_keeps_the_previous_outputs(baseline: Path) -> None:

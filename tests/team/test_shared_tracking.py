@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from image_classification import artifacts
@@ -27,7 +24,6 @@ from image_classification.services.stack import ARTIFACTS_PREFIX, Services
 from image_classification.serving import savedmodel
 from image_classification.tracking import registry
 from tests.conftest import (
-    PROJECT_ROOT,
     TINY_OVERRIDES,
     forgetting_mlflow_uris,
     free_port,
@@ -134,40 +130,3 @@ def test_mlflow_models_serve_loads_the_champion_through_the_server(
         assert [row["class_id"] for row in answer["predictions"]] == local["class_id"].tolist()
     finally:
         processes.stop(server)
-
-
-def test_concurrent_experiments_land_as_separate_runs(shared_services: Services, shared_run, tmp_path: Path) -> None:
-    """Two train stages at once against the server, as `dvc queue start -j 2` runs them: one run each, none lost."""
-    params, paths = shared_run
-    names = {seed: f"concurrent-{seed}-{uuid.uuid4().hex[:6]}" for seed in (11, 12)}
-    workers = []
-    for seed, name in names.items():
-        folder = tmp_path / name
-        folder.mkdir()
-        params_file = folder / "params.yaml"
-        params_file.write_text(yaml.safe_dump(merged(raw_params(), {**OVERRIDES, "train": {
-            **OVERRIDES["train"], "seed": seed}}), sort_keys=False))  # fmt: skip
-        command = [sys.executable, "-m", "stages.train", "--params", str(params_file),
-                   "--dataset", str(paths["dataset"]), "--membership", str(paths["membership"]),
-                   "--model-dir", str(folder / "model"), "--history", str(folder / "history.csv"),
-                   "--summary", str(folder / "summary.json"), "--timing", str(folder / "timing.json"),
-                   "--checkpoint-dir", str(folder / "checkpoints")]  # fmt: skip
-        # DVC sets the experiment's name in each queued stage's environment; the run is named after it.
-        env = client_env(shared_services, DVC_EXP_NAME=name)
-        workers.append(subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True))  # fmt: skip
-    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
-    assert [worker.returncode for worker in workers] == [0, 0], outputs
-
-    client = MlflowClient(shared_services.tracking_uri)
-    experiment = client.get_experiment_by_name(params.mlflow.experiment_name)
-    run_ids = set()
-    for seed, name in names.items():
-        (run,) = client.search_runs([experiment.experiment_id], f"tags.`dvc.exp_name` = '{name}'")
-        assert run.info.status == "FINISHED"
-        assert run.info.run_name == name
-        assert run.data.params["train.seed"] == str(seed)
-        assert len(client.get_metric_history(run.info.run_id, "val_loss")) == params.train.epochs
-        assert run.info.run_id == trained_model.run_id(tmp_path / name / "model")
-        run_ids.add(run.info.run_id)
-    assert len(run_ids) == 2
