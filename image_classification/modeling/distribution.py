@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import keras
@@ -123,7 +123,7 @@ def undistributed() -> Iterator[None]:
             keras.distribution.set_distribution(previous)
 
 
-def plain_copy(model: keras.Model, build: callable, cluster: Cluster) -> keras.Model:
+def plain_copy(model: keras.Model, build: Callable[[], keras.Model], cluster: Cluster) -> keras.Model:
     """`model` itself for one undistributed process; else a copy built outside the distribution, same weights.
 
     A model whose variables are replicated across processes cannot be saved by the chief alone
