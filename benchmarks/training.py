@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 REFERENCE_RECIPE = "keras.io Simple MNIST convnet: conv 32, pool, conv 64, pool, dropout 0.5, Adam 1e-3, batch 128"
 REFERENCE_BATCH_SIZE = 128
+REFERENCE_EPOCHS = 15
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -186,6 +187,7 @@ class TimeToAccuracy:
 
     default: list[dict[str, float]]
     reference: list[dict[str, float]]
+    train_images: int
 
     @property
     def target(self) -> float:
@@ -201,6 +203,11 @@ class TimeToAccuracy:
     def accuracy_within_budget(self, rows: list[dict[str, float]]) -> float | None:
         within = [row["accuracy"] for row in rows if row["seconds"] <= self.budget]
         return within[-1] if within else None
+
+    def images_per_second(self, rows: list[dict[str, float]]) -> float | None:
+        """Median training images per second over epochs 2 on (the first traces the graph); None for one epoch."""
+        seconds = [later["seconds"] - earlier["seconds"] for earlier, later in itertools.pairwise(rows)]
+        return self.train_images / statistics.median(seconds) if seconds else None
 
 
 def time_to_accuracy(
@@ -233,7 +240,7 @@ def time_to_accuracy(
         callbacks=[timer, test_accuracy],
         verbose=0,
     )
-    return TimeToAccuracy(default_rows, test_accuracy.rows)
+    return TimeToAccuracy(default_rows, test_accuracy.rows, len(train_set))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from image_classification import backend, runner
 from image_classification.config import load_params
+from image_classification.serving import parity
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -24,21 +25,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, required=True, help="export report to write (.json)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    # A TF Serving SavedModel is written by Keras on TensorFlow, whatever backend trained the model.
-    backend.use("tensorflow")
-    from image_classification.serving.export import export_model  # Keras, on TensorFlow
+    # The parity check's fresh process starts first, so that it loads its backend while this one loads TensorFlow.
+    with parity.FreshProcessCheck(
+        params.train.backend, params.train.intra_op_threads, args.model_dir, args.dataset, args.membership
+    ) as fresh_process:
+        # A TF Serving SavedModel is written by Keras on TensorFlow, whatever backend trained the model.
+        backend.use("tensorflow")
+        from image_classification.serving.export import export_model  # Keras, on TensorFlow
 
-    report = export_model(
-        params,
-        args.model_dir,
-        args.dataset,
-        args.membership,
-        args.metrics,
-        args.data_statistics,
-        args.output,
-        args.card,
-        args.report,
-    )
+        report = export_model(
+            params,
+            args.model_dir,
+            args.dataset,
+            args.membership,
+            args.metrics,
+            args.data_statistics,
+            args.output,
+            args.card,
+            args.report,
+            fresh_process,
+        )
     print(
         f"export: SavedModel -> {args.output}; reloaded in a fresh process, {report['images_checked']} test "
         f"images agree with {params.train.backend} (max probability difference {report['max_abs_difference']:.2g})"

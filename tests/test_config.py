@@ -37,15 +37,15 @@ def test_params_are_frozen() -> None:
 
 
 def test_exponent_without_dot_is_a_float(tmp_path: Path) -> None:
-    text = (PROJECT_ROOT / "params.yaml").read_text().replace("learning_rate: 0.005", "learning_rate: 5e-3")
+    text = (PROJECT_ROOT / "params.yaml").read_text().replace("learning_rate: 0.007", "learning_rate: 7e-3")
     path = tmp_path / "params.yaml"
     path.write_text(text)
-    assert load_params(path).train.learning_rate == pytest.approx(0.005)
+    assert load_params(path).train.learning_rate == pytest.approx(0.007)
 
 
 def test_flatten_uses_dotted_keys() -> None:
     flat = flatten(load_params(PROJECT_ROOT / "params.yaml"))
-    assert flat["train.learning_rate"] == pytest.approx(0.005)
+    assert flat["train.learning_rate"] == pytest.approx(0.007)
     assert flat["split.seed"] == 42
     assert all(key.count(".") == 1 for key in flat)
 
@@ -197,7 +197,7 @@ def test_params_reference_lists_every_key_with_its_choices_and_value() -> None:
             assert f"| `{name}` |" in text, f"{section}.{name}"
     assert "| `aspect` | `stretch`, `crop`, `pad` | `stretch` |" in text
     assert "| `max_images` | integer, >= 10, or `null` | `null` |" in text
-    assert "| `batch_norm` | true or false | `true` |" in text
+    assert "| `batch_norm` | true or false | `false` |" in text
     assert "| `model_name` | text, at most 100 characters, matching `^[A-Za-z0-9][A-Za-z0-9_.-]*$` | `digits` |" in text
     assert "| `experiment_name` | text, at least 1 character, at most 200 characters |" in text
 

@@ -7,6 +7,7 @@ one source.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,16 +16,13 @@ import mlflow
 import numpy as np
 
 from image_classification import artifacts
-from image_classification.config import ExportParams, Params, RegistryParams, TrainParams, flatten
+from image_classification.config import ExportParams, Params, RegistryParams, flatten
 from image_classification.data import shards, split
 from image_classification.data.dataset import DataVersion
 from image_classification.modeling import trained_model
 from image_classification.serving import parity, savedmodel
 from image_classification.serving.contract import ENDPOINT
 from image_classification.tracking import gate, registry, runs, signatures, store
-
-# Test images per batch in the parity check, in this process and in the fresh one.
-CHECK_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -52,6 +50,7 @@ def export_model(
     output: Path,
     card_path: Path,
     report_path: Path,
+    fresh_process: parity.FreshProcessCheck | None = None,
 ) -> dict:
     """Export the trained model to `output`, verify it, register it, promote it if it passes the gate, and describe it.
 
@@ -65,6 +64,8 @@ def export_model(
         output: the SavedModel version folder to write, `<base>/<model_name>/<integer version>`.
         card_path: the model card to write (.json).
         report_path: the export report to write (.json).
+        fresh_process: the parity check's process, already started on the same model, dataset and
+            membership (the export stage starts it before importing TensorFlow); None starts one here.
 
     Returns:
         The export report written to `report_path`.
@@ -75,51 +76,72 @@ def export_model(
         OSError: the SavedModel cannot be written.
     """
     store.configure()  # a malformed or unreachable store fails here, before any heavy work
-    model = trained_model.load_model(model_dir)
-    run_id = trained_model.run_id(model_dir)
     export, registry_params = params.export, params.registry
-    with shards.open_dataset(dataset_dir, verify=True) as data:
+    with contextlib.ExitStack() as stack:
+        if fresh_process is None:
+            fresh_process = stack.enter_context(
+                parity.FreshProcessCheck(
+                    params.train.backend, params.train.intra_op_threads, model_dir, dataset_dir, membership_path
+                )
+            )
+        data = stack.enter_context(shards.open_dataset(dataset_dir, verify=True))
         test_set = SplitRows(data, split.read_membership(membership_path, data, ("test",))["test"])
+        model = trained_model.load_model(model_dir)
+        run_id = trained_model.run_id(model_dir)
         test_metrics = read_report(metrics_path, "evaluate")
         test_accuracy = evaluated_accuracy(test_metrics, len(test_set), metrics_path)
         data_version = DataVersion.from_json(
             read_report(statistics_path, "prepare").get("data_version", {}), str(statistics_path)
         )
         test_digest = split.split_digest(test_set.data, test_set.rows)
-
         with runs.resume_run(run_id, source=trained_model.run_file(model_dir)):
             runs.log_params({**flatten(export, prefix="export."), **flatten(registry_params, prefix="registry.")})
             agreement, contract = write_verified_savedmodel(
-                model, model_dir, params.train, test_set, output, export.tolerance
+                model, fresh_process, params.train.backend, test_set, output, export.tolerance
             )
-            mlflow.log_artifacts(str(output), f"savedmodel/{export.model_name}/{export.version}")
-            current = registry.champion(registry_params.model_name)
-            decision = judge(test_accuracy, test_digest, current, registry_params)
-            version = register_version(
-                output, registry_params.model_name, test_set, test_accuracy, test_digest, decision
-            )
-            if decision.blessed:
-                registry.promote(registry_params.model_name, version)
-            report = {
-                "model_name": export.model_name,
-                "version": export.version,
-                "checked_against": params.train.backend,
-                "images_checked": agreement.images,
-                "mismatched_classes": agreement.mismatched_classes,
-                "max_abs_difference": agreement.max_abs_difference,
-                "test_accuracy": round(test_accuracy, 6),
-                "registered_model": registry_params.model_name,
-                "registered_version": version,
-                "previous_champion": current.version if current else None,
-                "blessed": decision.blessed,
-                "blessed_reason": decision.reason,
-            }
-            log_outcome(output, export, version, agreement, decision)
-            card = model_card(params, contract, test_set, data_version, test_metrics, test_digest, run_id, version)
-            artifacts.write_json(card_path, card)
-            mlflow.log_artifact(str(card_path), f"savedmodel/{export.model_name}")
-            artifacts.write_json(report_path, report)
+            report = register_and_describe(
+                params, output, run_id, test_set, test_metrics, test_accuracy, test_digest, data_version,
+                agreement, contract, card_path, report_path,
+            )  # fmt: skip
         return report
+
+
+def register_and_describe(
+    params: Params, output: Path, run_id: str, test_set: SplitRows, test_metrics: dict, test_accuracy: float,
+    test_digest: str, data_version: DataVersion, agreement: savedmodel.Agreement, contract: dict, card_path: Path,
+    report_path: Path,
+) -> dict:  # fmt: skip
+    """Log the verified SavedModel, register it, apply the gate, write the model card and the report.
+
+    Expects the model's MLflow run to be active.
+    """
+    export, registry_params = params.export, params.registry
+    mlflow.log_artifacts(str(output), f"savedmodel/{export.model_name}/{export.version}")
+    current = registry.champion(registry_params.model_name)
+    decision = judge(test_accuracy, test_digest, current, registry_params)
+    version = register_version(output, registry_params.model_name, test_set, test_accuracy, test_digest, decision)
+    if decision.blessed:
+        registry.promote(registry_params.model_name, version)
+    report = {
+        "model_name": export.model_name,
+        "version": export.version,
+        "checked_against": params.train.backend,
+        "images_checked": agreement.images,
+        "mismatched_classes": agreement.mismatched_classes,
+        "max_abs_difference": agreement.max_abs_difference,
+        "test_accuracy": round(test_accuracy, 6),
+        "registered_model": registry_params.model_name,
+        "registered_version": version,
+        "previous_champion": current.version if current else None,
+        "blessed": decision.blessed,
+        "blessed_reason": decision.reason,
+    }
+    log_outcome(output, export, version, agreement, decision)
+    card = model_card(params, contract, test_set, data_version, test_metrics, test_digest, run_id, version)
+    artifacts.write_json(card_path, card)
+    mlflow.log_artifact(str(card_path), f"savedmodel/{export.model_name}")
+    artifacts.write_json(report_path, report)
+    return report
 
 
 def read_report(path: Path, stage: str) -> dict:
@@ -150,14 +172,19 @@ def evaluated_accuracy(test_metrics: dict, test_images: int, metrics_path: Path)
 
 
 def write_verified_savedmodel(
-    model: keras.Model, model_dir: Path, train: TrainParams, test_set: SplitRows, output: Path, tolerance: float
+    model: keras.Model,
+    fresh_process: parity.FreshProcessCheck,
+    training_backend: str,
+    test_set: SplitRows,
+    output: Path,
+    tolerance: float,
 ) -> tuple[savedmodel.Agreement, dict]:
     """Write the SavedModel to `output` only once a fresh process has reloaded it and it agrees with Keras.
 
-    The SavedModel is written from `model` (Keras on TensorFlow). A fresh process on the backend that
-    trained it (`train.backend`) runs the test rows through the reloaded SavedModel and through the
-    model in `model_dir` (`parity.predict_both`). Agreement means identical classes and class names on
-    every test image and probabilities within `tolerance`. Nothing is left at `output` when the check fails.
+    The SavedModel is written from `model` (Keras on TensorFlow). `fresh_process`, on the backend that
+    trained the model, runs the test rows through the reloaded SavedModel and through the `.keras`
+    model (`parity.FreshProcessCheck`). Agreement means identical classes and class names on every
+    test image and probabilities within `tolerance`. Nothing is left at `output` when the check fails.
 
     Returns:
         The agreement measured, and the SavedModel's signature as plain data (`savedmodel.signature`).
@@ -171,9 +198,11 @@ def write_verified_savedmodel(
             savedmodel.export_savedmodel(model, test_set.class_names, staged)
         except OSError as error:
             raise OSError(f"cannot write the SavedModel to {output}: {error}") from error
-        reloaded = parity.in_fresh_process(
-            train.backend, train.intra_op_threads, staged, model_dir, test_set.data.folder, test_set.rows, CHECK_BATCH
-        )
+        reloaded = fresh_process.check(staged)
+        if len(reloaded["expected"]) != len(test_set):
+            raise ValueError(
+                f"the parity check ran {len(reloaded['expected'])} test images, the test split has {len(test_set)}"
+            )
         agreement = savedmodel.compare(reloaded["expected"], reloaded["probabilities"])
         names_match = bool(
             [name.decode("utf-8") for name in reloaded["class_name"]]
@@ -181,7 +210,7 @@ def write_verified_savedmodel(
         )
         if agreement.mismatched_classes or agreement.max_abs_difference > tolerance or not names_match:
             raise ValueError(
-                f"the reloaded SavedModel disagrees with the Keras model on {train.backend} on {agreement.images} "
+                f"the reloaded SavedModel disagrees with the Keras model on {training_backend} on {agreement.images} "
                 f"test images: {agreement.mismatched_classes} different classes, largest probability difference "
                 f"{agreement.max_abs_difference:.3g} (export.tolerance = {tolerance:g}), "
                 f"class names {'match' if names_match else 'do not match'}"

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import backends, distributed, pipeline, run, scale, tracking, training
+from benchmarks import backends, distributed, hard_digits, pipeline, run, scale, tracking, training
 from image_classification.config import BACKENDS, Params
+from image_classification.data import sources
 from image_classification.services.stack import Services
 from tests.conftest import make_images
 
@@ -59,12 +60,44 @@ def test_time_to_accuracy_reads_target_and_budget() -> None:
             {"seconds": 9.0, "accuracy": 0.99},
         ],
         reference=[{"seconds": 3.0, "accuracy": 0.93}, {"seconds": 6.0, "accuracy": 0.96}],
+        train_images=100,
     )
     assert race.target == 0.96
     assert race.budget == 6.0
     assert race.seconds_to_target(race.default) == 2.0
     assert race.accuracy_within_budget(race.default) == 0.97
     assert race.seconds_to_target([{"seconds": 1.0, "accuracy": 0.5}]) is None
+
+
+def test_race_throughput_leaves_out_the_first_epoch() -> None:
+    race = training.TimeToAccuracy(
+        default=[
+            {"seconds": 5.0, "accuracy": 0.5},
+            {"seconds": 6.0, "accuracy": 0.6},
+            {"seconds": 8.0, "accuracy": 0.7},
+        ],
+        reference=[{"seconds": 2.0, "accuracy": 0.5}],
+        train_images=300,
+    )
+    assert race.images_per_second(race.default) == 300 / 1.5  # the median of 1 s and 2 s
+    assert race.images_per_second(race.reference) is None
+
+
+def test_distorted_digits_keep_test_sources_apart_from_training(params: Params) -> None:
+    parts, origins = hard_digits.build(200, params.split, seed=3)
+    assert {name: len(part) for name, part in parts.items()} == {"train": 140, "validation": 30, "test": 30}
+    assert not set(origins["test"].tolist()) & set(origins["train"].tolist())
+    assert not set(origins["validation"].tolist()) & set(origins["train"].tolist())
+    digits = sources.load_embedded_digits()
+    for name, part in parts.items():
+        assert np.array_equal(part.labels, digits.labels[origins[name]])
+        assert part.images.dtype == np.uint8
+        assert part.images.shape[1:] == (28, 28, 1)
+        # Distorted, not copied: no image equals the digit it came from.
+        pairs = zip(part.images, digits.images[origins[name]], strict=True)
+        assert not any(np.array_equal(image, source) for image, source in pairs)
+    again, _ = hard_digits.build(200, params.split, seed=3)
+    assert all(np.array_equal(parts[name].images, again[name].images) for name in parts)
 
 
 def test_data_file_needs_images_and_labels(tmp_path: Path) -> None:
@@ -93,11 +126,17 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     speed = results["throughput"]
     assert speed["ratio"] > 0
     assert all(value > 0 for value in speed["pipeline"] + speed["plain"])
-    race = results["time_to_accuracy"]
-    for row in race["default"] + race["reference"]:
-        assert 0.0 <= row["accuracy"] <= 1.0
-        assert row["seconds"] > 0
-    assert len(race["reference"]) == 2
+    races = results["time_to_accuracy"]
+    assert races["small"]["images"] == 120
+    assert races["large"]["images"] == run.QUICK_RACE_IMAGES
+    assert races["large"]["train_images"] == round(0.7 * run.QUICK_RACE_IMAGES)
+    for race in races.values():
+        for row in race["default"] + race["reference"]:
+            assert 0.0 <= row["accuracy"] <= 1.0
+            assert row["seconds"] > 0
+        assert len(race["reference"]) == 2
+        assert race["default_images_per_second"] > 0
+        assert race["reference_images_per_second"] > 0
     small, large = results["repro"]["small"], results["repro"]["large"]
     assert small["images"] == 120
     assert large["images"] == 480

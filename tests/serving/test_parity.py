@@ -21,9 +21,8 @@ def rows_of_test_split(paths: dict[str, Path]) -> np.ndarray:
 def test_fresh_process_predicts_with_the_savedmodel_and_the_backend(pipeline, backend: str) -> None:
     _, paths, _ = pipeline
     rows = rows_of_test_split(paths)
-    result = parity.in_fresh_process(
-        backend, 0, paths["savedmodel"], paths["model"], paths["dataset"], rows, batch_size=16
-    )
+    with parity.FreshProcessCheck(backend, 0, paths["model"], paths["dataset"], paths["membership"], 16) as check:
+        result = check.check(paths["savedmodel"])
     with shards.open_dataset(paths["dataset"]) as data:
         images = data.read(rows)
     served = savedmodel.predict_savedmodel(paths["savedmodel"], images, batch_size=16)
@@ -38,7 +37,25 @@ def test_fresh_process_predicts_with_the_savedmodel_and_the_backend(pipeline, ba
 
 def test_a_missing_model_fails_with_its_message(pipeline, tmp_path: Path) -> None:
     _, paths, _ = pipeline
-    with pytest.raises(ValueError, match="no trained model here; run the train stage first"):
-        parity.in_fresh_process(
-            "jax", 0, paths["savedmodel"], tmp_path, paths["dataset"], rows_of_test_split(paths), 16
-        )
+    with (
+        parity.FreshProcessCheck("jax", 0, tmp_path, paths["dataset"], paths["membership"], 16) as check,
+        pytest.raises(ValueError, match="no trained model here; run the train stage first"),
+    ):
+        check.check(paths["savedmodel"])
+
+
+def test_a_killed_check_process_is_named_and_leaves_nothing_running(pipeline) -> None:
+    _, paths, _ = pipeline
+    with parity.FreshProcessCheck("tensorflow", 0, paths["model"], paths["dataset"], paths["membership"], 16) as check:
+        process = check._process
+        process.kill()
+        with pytest.raises(RuntimeError, match=r"parity check's process ended with exit code -9 before answering"):
+            check.check(paths["savedmodel"])
+    assert not process.is_alive()
+
+
+def test_leaving_before_the_savedmodel_exists_stops_the_process(pipeline) -> None:
+    _, paths, _ = pipeline
+    with parity.FreshProcessCheck("tensorflow", 0, paths["model"], paths["dataset"], paths["membership"], 16) as check:
+        process = check._process
+    assert process.exitcode is not None
