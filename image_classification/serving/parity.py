@@ -15,7 +15,6 @@ start-up overlaps instead of adding up.
 from __future__ import annotations
 
 import multiprocessing
-import pickle
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -110,6 +109,8 @@ class FreshProcessCheck:
             raise RuntimeError(
                 f"the parity check's process ended with exit code {self._process.exitcode} before answering"
             ) from None
+        except Exception as error:  # an answer that could not be read back (an exception class that will not rebuild)
+            raise RuntimeError(f"the parity check's answer could not be read: {error}") from error
         if status == "error":
             raise payload
         return payload
@@ -129,14 +130,9 @@ def _child(
     except EOFError:  # the exporting process gave up before writing the SavedModel
         pass
     except BaseException as error:  # every failure goes back to the exporting process
-        connection.send(("error", _picklable(error)))
+        try:
+            connection.send(("error", error))
+        except Exception:  # an exception that cannot be sent as itself goes as its text
+            connection.send(("error", RuntimeError(f"{type(error).__name__}: {error}")))
     finally:
         connection.close()
-
-
-def _picklable(error: BaseException) -> BaseException:
-    try:
-        pickle.loads(pickle.dumps(error))
-    except Exception:  # an exception class that does not survive pickling
-        return RuntimeError(f"{type(error).__name__}: {error}")
-    return error
