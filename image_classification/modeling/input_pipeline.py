@@ -78,6 +78,25 @@ def steps_per_epoch(count: int, batch_size: int, num_processes: int = 1) -> int:
     return -(-(count - count % num_processes) // batch_size)
 
 
+# Fewer optimizer updates an epoch than this and `few_updates_warning` speaks up.
+FEW_UPDATES = 10
+
+
+def few_updates_warning(train_images: int, batch_size: int, num_processes: int = 1) -> str | None:
+    """A one-line warning when an epoch of `train_images` at global `batch_size` has fewer than `FEW_UPDATES` steps.
+
+    A small image folder at a batch size tuned for large sets trains on a handful of updates in all.
+    """
+    steps = steps_per_epoch(train_images, batch_size, num_processes)
+    if steps >= FEW_UPDATES:
+        return None
+    return (
+        f"{train_images} training images at train.batch_size = {batch_size} give {steps} optimizer "
+        f"update{'s' if steps != 1 else ''} an epoch; for a set this small lower train.batch_size "
+        f"(to {max(1, train_images // FEW_UPDATES)} or less for {FEW_UPDATES} updates) or raise train.epochs"
+    )
+
+
 def process_rows(rows, process_index: int, num_processes: int):
     """Process `process_index`'s rows of `rows`: every `num_processes`-th one, after the last `count % num_processes`.
 

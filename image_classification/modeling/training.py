@@ -98,6 +98,9 @@ def train_model(
             for key, value in flatten(params).items()
             if key.split(".")[0] in ("data", "split", "train", "mlflow")
         }
+        warning = input_pipeline.few_updates_warning(len(train_rows), settings.batch_size, cluster.num_processes)
+        if warning and cluster.is_chief:
+            logger.warning(warning)
         checkpoint_path = checkpoint_dir / CHECKPOINT_FILE
         key = checkpoints.checkpoint_key(logged_params, data_digest)
         previous = _resume_point(checkpoint_path, key, cluster)

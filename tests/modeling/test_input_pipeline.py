@@ -93,3 +93,14 @@ def test_a_shard_cut_short_while_streaming_fails_naming_it(tiny_shards: shards.S
     pipeline = input_pipeline.make_dataset(tiny_shards, np.arange(60), 3, batch_size=8)
     with pytest.raises(tf.errors.OpError, match=re.escape(f"{shard}: is shorter than its manifest says")):
         list(pipeline)
+
+
+def test_few_updates_an_epoch_are_named_with_the_fix() -> None:
+    assert input_pipeline.few_updates_warning(3_500, 128) is None  # 28 updates
+    message = input_pipeline.few_updates_warning(105, 128)
+    assert message == (
+        "105 training images at train.batch_size = 128 give 1 optimizer update an epoch; for a set this small "
+        "lower train.batch_size (to 10 or less for 10 updates) or raise train.epochs"
+    )
+    assert input_pipeline.few_updates_warning(105, 10) is None  # 11 updates
+    assert "give 9 optimizer updates" in input_pipeline.few_updates_warning(200, 24, num_processes=2)

@@ -94,6 +94,8 @@ def test_the_terminal_shows_stage_lines_not_library_chatter(photos_project: Path
         assert chatter not in log, chatter
     assert "prepare: 150 images of shape [16, 16, 3] in 5 classes" in log
     assert "export: registered digits version 1: blessed, now champion" in log
+    # The fixture's small batch still gives few updates an epoch, and the stage says so.
+    assert "train: 105 training images at train.batch_size = 16 give 7 optimizer updates an epoch" in log
 
 
 def test_predict_and_rest_answer_with_the_class_names(photos_project: Path, tmp_path: Path) -> None:
