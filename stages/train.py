@@ -70,4 +70,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(runner.execute("train", main))
+    runner.run("train", main)

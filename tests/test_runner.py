@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +80,44 @@ def test_sigterm_becomes_an_interrupt() -> None:
     assert result.returncode == runner.EXIT_INTERRUPTED
     assert result.stdout == "cleaned up\n"
     assert "train: interrupted" in result.stderr
+
+
+@pytest.mark.parametrize(("failure", "code"), [("", 0), ("raise ValueError('data/raw: no images')", runner.EXIT_ERROR)])
+def test_run_exits_with_the_code_after_threads_exit_handlers_and_buffered_output(
+    tmp_path: Path, failure: str, code: int
+) -> None:
+    """`runner.run` skips only the freeing of objects: pools finish, `atexit` handlers run, output is flushed."""
+    script = textwrap.dedent(
+        f"""
+        import atexit, concurrent.futures, pathlib, sys, threading, time
+        from image_classification import runner
+
+        folder = pathlib.Path(sys.argv[1])
+
+        def late_write(name):
+            time.sleep(0.3)
+            (folder / name).write_text("done")
+
+        def main(argv):
+            atexit.register(lambda: (folder / "atexit").write_text("ran"))
+            threading.Thread(target=late_write, args=("thread",)).start()
+            concurrent.futures.ThreadPoolExecutor(1).submit(late_write, "pool")
+            sys.stdout.write("summary line without a newline or a flush")
+            {failure}
+
+        runner.run("demo", main)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, env=os.environ,
+    )  # fmt: skip
+    assert result.returncode == code, result.stderr
+    assert result.stdout == "summary line without a newline or a flush"
+    assert result.stderr == ("demo: error: data/raw: no images\n" if code else "")
+    assert {path.name: path.read_text() for path in tmp_path.iterdir()} == {
+        "atexit": "ran", "thread": "done", "pool": "done",
+    }  # fmt: skip
 
 
 def test_running_out_of_memory_is_one_line_naming_the_params(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -189,4 +188,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 if __name__ == "__main__":
     from image_classification import runner
 
-    sys.exit(runner.execute("services", main))
+    runner.run("services", main)

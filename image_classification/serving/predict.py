@@ -308,4 +308,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(runner.execute("predict", main))
+    runner.run("predict", main)

