@@ -53,8 +53,13 @@ install-team: $(TEAM) ## Add shared tracking and the DVC S3 remote (psycopg, Sea
 repro: $(INSTALLED) ## Install, then run the whole pipeline on the embedded digits (dvc repro)
 	dvc repro
 
+# Two pytest workers (pytest-xdist), each taking whole test files in their order: most of a test's
+# time is one process importing TensorFlow on one core, so two of them use both cores of the
+# reference machine. `make test TEST_WORKERS=0` runs everything in one process.
+TEST_WORKERS ?= 2
+
 test: $(INSTALLED) $(BACKENDS) $(TEAM) ## Install all three backends and the team services, then run every test, slow ones included, offline
-	python -m pytest
+	python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,--numprocesses $(TEST_WORKERS) --dist loadfile)
 
 ui: $(INSTALLED) ## Open the MLflow UI on 127.0.0.1:$(PORT) against the project's store
 	@echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments (runs table: .../#/experiments/<id>/runs)"

@@ -346,7 +346,8 @@ def render(results: dict, command: str, figure_name: str) -> str:
             f"| {stage} | {record['startup_seconds']:.1f} | {record['mlflow_seconds']:.1f} | {work:.1f} | {total:.1f} |"
         )
     lines += [
-        f"| DVC itself (hashing, locking, between stages) | | | | {small['wall_seconds'] - accounted:.1f} |",
+        f"| between stages: DVC (hashing, locking) and each process's exit | | | | "
+        f"{small['wall_seconds'] - accounted:.1f} |",
         "",
     ]
     if small["noop_seconds"]:

@@ -134,6 +134,17 @@ def tracked_files() -> list[str]:
     return [line for line in result.stdout.splitlines() if (PROJECT_ROOT / line).is_file()]
 
 
+def store_copy(uri: str, folder: Path) -> str:
+    """A SQLite tracking URI for a copy of the store at `uri`, in `folder`.
+
+    For a test whose stage fails inside the run of a shared fixture's model: the failure marks the
+    run FAILED, and the copy keeps that from the other tests, in whatever order they run.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(uri.removeprefix("sqlite:///"), folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
 def pipeline_env(**extra: str) -> dict[str, str]:
     """The environment a user's shell would have after activating .venv, with no tracking URI set."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
@@ -237,4 +248,15 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, dict[str
             patch.delenv(variable, raising=False)
         params = parse_params(merged(raw_params(), TINY_OVERRIDES))
         paths = run_stage_chain(params, tmp_path_factory.mktemp("first"))
+    # The store as the chain left it, for tests of what the stages recorded: later tests export and
+    # register again in the store itself, in an order that depends on the pytest worker.
+    shutil.copy2(store / "mlflow.db", store / CHAIN_SNAPSHOT)
     return params, paths, uri
+
+
+CHAIN_SNAPSHOT = "after-chain.db"
+
+
+def chain_snapshot(uri: str) -> str:
+    """The tracking URI of the `pipeline` fixture's store as its stage chain left it."""
+    return uri.replace("/mlflow.db", f"/{CHAIN_SNAPSHOT}")

@@ -9,13 +9,14 @@ from mlflow.tracking import MlflowClient
 
 from image_classification import artifacts
 from image_classification.modeling import architecture, trained_model, training
+from tests.conftest import chain_snapshot
 
 pytestmark = pytest.mark.slow
 
 
 def test_one_mlflow_run_holds_everything(pipeline) -> None:
     params, paths, uri = pipeline
-    client = MlflowClient(uri)
+    client = MlflowClient(chain_snapshot(uri))
     run_id = trained_model.run_id(paths["model"])
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"

@@ -20,7 +20,7 @@ from image_classification.config import Params
 from image_classification.data import prepare, split
 from image_classification.modeling import evaluation, training
 from image_classification.serving import savedmodel
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, merged, pipeline_env, raw_params, split_images
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, merged, pipeline_env, raw_params, split_images, store_copy
 from tests.stage_chain import copy_outputs, export_run, run_stage_chain, snapshot
 
 pytestmark = pytest.mark.slow
@@ -92,8 +92,8 @@ def test_failing_stage_leaves_previous_outputs_whole(
 
     params, paths, uri = pipeline
     # Evaluate and export attach to the run that trained the model, which lives in the pipeline's store.
-    own_store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri if stage in ("evaluate", "export") else own_store)
+    # A copy of it, since the failure marks that run FAILED.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_copy(uri, tmp_path / "store"))
     outputs = copy_outputs(paths, STAGE_OUTPUTS[stage], tmp_path / "outputs")
     before = snapshot(tmp_path / "outputs")
     writer = {

@@ -13,7 +13,7 @@ from image_classification.config import Params, parse_params
 from image_classification.data import samples, shards, split
 from image_classification.modeling import trained_model
 from image_classification.serving import savedmodel
-from tests.conftest import free_port, merged, split_images
+from tests.conftest import free_port, merged, split_images, store_copy
 from tests.stage_chain import copy_outputs, export_run, snapshot
 
 pytestmark = pytest.mark.slow
@@ -71,6 +71,7 @@ def test_model_card_describes_the_export(pipeline) -> None:
 
 def test_export_refuses_a_model_that_disagrees(pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     params, paths, uri = pipeline
+    uri = store_copy(uri, tmp_path / "store")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setattr(
         savedmodel, "compare", lambda *_: savedmodel.Agreement(images=45, max_abs_difference=0.25, mismatched_classes=3)
@@ -107,7 +108,7 @@ def test_full_disk_during_export_is_one_clear_line(pipeline, tmp_path: Path, cap
         previous = copy_outputs(paths, ("savedmodel",), disk)["savedmodel"]
         before = snapshot(previous)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("MLFLOW_TRACKING_URI", uri)
+            patch.setenv("MLFLOW_TRACKING_URI", store_copy(uri, tmp_path / "store"))
             code = runner.execute(
                 "export",
                 lambda argv: export_run(params, paths, previous, tmp_path / "r.json", tmp_path / "card.json"),

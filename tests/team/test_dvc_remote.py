@@ -14,7 +14,7 @@ import pytest
 
 from image_classification.services.stack import Services
 from tests.conftest import git, make_project
-from tests.pipeline.test_experiments import dvc
+from tests.pipeline.test_experiments import SERVER, dvc
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +25,9 @@ UP_TO_DATE = "Data and pipelines are up to date."
 def pushed(shared_services: Services, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The tiny project after `dvc repro split`, with an S3 default remote committed, pushed."""
     store = shared_services.store
+    # `dvc` sends every command's stages to this server; set here too, since another pytest worker
+    # may run the module that sets it.
+    SERVER["uri"] = shared_services.tracking_uri
     root = make_project(tmp_path_factory.mktemp("remote"))
     dvc(root, "repro", "split")
     prefix = f"dvc-{uuid.uuid4().hex[:8]}"
