@@ -201,7 +201,7 @@ def load_embedded_digits() -> Dataset:
     images = features.reshape(-1, 28, 28, 1)
     if images.min() < 0 or images.max() > 255:
         raise ValueError(f"embedded digits have pixel values outside 0..255: {images.min()}..{images.max()}")
-    return Dataset(images.astype(np.uint8), np.asarray(labels).astype(np.int64), DIGIT_CLASS_NAMES)
+    return Dataset(images.astype(np.uint8), labels, DIGIT_CLASS_NAMES)
 
 
 def load_image_folder(

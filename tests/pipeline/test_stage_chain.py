@@ -145,8 +145,7 @@ def test_a_corrupt_shard_stops_the_stage_with_one_line_naming_it(pipeline, stage
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(merged(raw_params(), TINY_OVERRIDES), sort_keys=False))
     # A copy of the session's store: evaluate and export look up the run that trained the model.
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    shutil.copy2(uri.removeprefix("sqlite:///"), tmp_path / "mlflow.db")
+    store = store_copy(uri, tmp_path)
     before = run_statuses(store)
     dataset = tmp_path / "prepared"
     shutil.copytree(paths["dataset"], dataset)
