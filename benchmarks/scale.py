@@ -7,9 +7,10 @@ grayscale PNG files in 10 classes (the embedded digits, shifted by up to 2 pixel
 every file is a different image; `pipeline.enlarge`), and runs `dvc repro` with `data.source:
 image_folder`, the default model and one epoch. Every stage runs under `benchmarks.profile`, which
 records its peak resident memory. Then 1% new files are added and prepare alone is timed again:
-it decodes only them, through the decoded-image cache. `--quick` runs 600 and 1,200 images (used
-by the tests); its figures mean nothing. Last, the photo recipe (docs/data.md) runs on `--photos`
-generated RGB photos.
+it decodes only them, through the decoded-image cache, and writes again only the shards they fall
+in. Then folders of 5,000 and 50,000 generated 64x64 RGB PNG photos run through `dvc repro` with a
+small model. `--quick` runs 600 and 1,200 images, and 300 and 600 RGB ones (used by the tests); its
+figures mean nothing. Last, the photo recipe (docs/data.md) runs on `--photos` generated RGB photos.
 """
 
 from __future__ import annotations
@@ -35,9 +36,18 @@ from image_classification.data.dataset import Dataset
 
 logger = logging.getLogger("benchmarks")
 
-SIZES = (5_000, 60_000, 600_000)
+SIZES = (5_000, 60_000, 100_000, 600_000)
 QUICK_SIZES = (600, 1_200)
+# The sizes whose peak memories the ratio row compares (the largest and a tenth of it).
+RATIO_SIZES = (60_000, 600_000)
 NEW_FRACTION = 0.01
+# 64x64 RGB folders: the largest stage's peak memory at the second size against the first.
+RGB_SIZES = (5_000, 50_000)
+QUICK_RGB_SIZES = (300, 600)
+RGB_PARAMS = {
+    "data": {"source": "image_folder", "image_height": 64, "image_width": 64, "channels": 3},
+    "train": {"epochs": 1, "filters": 8},
+}
 
 
 def write_folder(dataset: Dataset, root: Path, start: int = 0) -> None:
@@ -83,8 +93,10 @@ def measure_size(size: int, parent: Path, quick: bool) -> dict:
     new = max(1, int(size * NEW_FRACTION))
     write_folder(pipeline.enlarge(digits, new, seed=1), raw, start=size)
     profile.unlink()
+    before = {shard["md5"] for shard in artifacts.read_json(root / "data" / "prepared" / "manifest.json")["shards"]}
     pipeline._dvc(root, env, "repro", "prepare")
     (again,) = [json.loads(line) for line in profile.read_text().splitlines()]
+    after = [shard["md5"] for shard in artifacts.read_json(root / "data" / "prepared" / "manifest.json")["shards"]]
     return {
         "images": size,
         "repro_seconds": round(wall, 1),
@@ -96,8 +108,29 @@ def measure_size(size: int, parent: Path, quick: bool) -> dict:
             "prepare_seconds": again["main_seconds"],
             "full_prepare_seconds": stages["prepare"]["main_seconds"],
             "fraction_of_full": round(again["main_seconds"] / stages["prepare"]["main_seconds"], 3),
+            "shards": len(after),
+            "shards_written": len([md5 for md5 in after if md5 not in before]),
         },
     }
+
+
+def measure_rgb(size: int, parent: Path) -> dict:
+    """One `dvc repro` of `size` generated 64x64 RGB PNG photos, 1 epoch of a small model (`RGB_PARAMS`)."""
+    root = pipeline.project_copy(parent)
+    started = time.perf_counter()
+    write_photos(size, root / "data" / "raw", sides=(64, 65), suffix=".png")
+    logger.info("%d 64x64 RGB files written in %.0f s", size, time.perf_counter() - started)
+    params_path = root / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    for section, values in RGB_PARAMS.items():
+        params[section].update(values)
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    profile = root / "stage-profile.jsonl"
+    started = time.perf_counter()
+    pipeline._dvc(root, pipeline.environment(STAGES_PROFILE=str(profile)), "repro")
+    wall = time.perf_counter() - started
+    stages = {record.pop("stage"): record for record in map(json.loads, profile.read_text().splitlines())}
+    return {"images": size, "repro_seconds": round(wall, 1), "stages": stages}
 
 
 # The photo recipe (docs/data.md, "Photos"): what differs from params.yaml for RGB photos at 160x160.
@@ -110,14 +143,14 @@ PHOTO_RECIPE = {
 SHAPES = ("ellipse", "rectangle", "triangle", "cross", "ring")
 
 
-def photo(rng: np.random.Generator, label: int) -> Image.Image:
+def photo(rng: np.random.Generator, label: int, sides: tuple[int, int] = (240, 481)) -> Image.Image:
     """A generated photo of class `label`: one of `SHAPES` in a warm or a cool colour, 10 classes in all.
 
-    The size (240 to 480 pixels a side, landscape or portrait), background gradient, position, scale,
-    colour shade and noise vary per photo, so the decoder resizes and crops, and the model must learn
-    shape and hue rather than pixels.
+    The size (`sides`: from the first up to the second pixels a side, excluded; landscape or
+    portrait), background gradient, position, scale, colour shade and noise vary per photo, so the
+    decoder resizes and crops, and the model must learn shape and hue rather than pixels.
     """
-    width, height = (int(side) for side in rng.integers(240, 481, 2))
+    width, height = (int(side) for side in rng.integers(*sides, 2))
     y, x = np.mgrid[0:height, 0:width]
     angle = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(angle) * x / width + np.sin(angle) * y / height + 1) / 2
@@ -150,14 +183,16 @@ def photo(rng: np.random.Generator, label: int) -> Image.Image:
     return image
 
 
-def write_photos(count: int, root: Path, seed: int = 0) -> None:
-    """Write `count` generated photos as JPEG (quality 90) in 10 class folders under `root`."""
+def write_photos(
+    count: int, root: Path, seed: int = 0, sides: tuple[int, int] = (240, 481), suffix: str = ".jpg"
+) -> None:
+    """Write `count` generated photos (`photo`) in 10 class folders under `root`: JPEG (quality 90) or PNG."""
     rng = np.random.default_rng(seed)
     for index in range(count):
         label = index % 10
         folder = root / f"{'warm' if label >= len(SHAPES) else 'cool'}_{SHAPES[label % len(SHAPES)]}"
         folder.mkdir(parents=True, exist_ok=True)
-        photo(rng, label).save(folder / f"{index:07d}.jpg", quality=90)
+        photo(rng, label, sides).save(folder / f"{index:07d}{suffix}", quality=90)
 
 
 def measure_photos(count: int, parent: Path) -> dict:
@@ -210,8 +245,11 @@ def render(results: dict) -> str:
     for row in rows:
         peaks = " | ".join(f"{row['stages'][name]['peak_rss_mib']:,.0f}" for name in names)
         lines.append(f"| {row['images']:,} | {peaks} |")
+    by_size = {row["images"]: row for row in rows}
     if len(rows) > 1:
-        first, last = rows[-2], rows[-1]
+        first, last = (
+            (by_size[RATIO_SIZES[0]], by_size[RATIO_SIZES[1]]) if set(RATIO_SIZES) <= set(by_size) else rows[-2:]
+        )
         ratios = " | ".join(
             f"{last['stages'][name]['peak_rss_mib'] / first['stages'][name]['peak_rss_mib']:.2f}" for name in names
         )
@@ -221,8 +259,8 @@ def render(results: dict) -> str:
         "## Time",
         "",
         "| images | full `dvc repro` (s) | prepare (s) | training images/s | prepared dataset (MB) | "
-        "prepare after 1% new files (s) | of a full prepare |",
-        "|---|---|---|---|---|---|---|",
+        "prepare after 1% new files (s) | of a full prepare | shards written again |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         incremental = row["incremental"]
@@ -230,8 +268,39 @@ def render(results: dict) -> str:
             f"| {row['images']:,} | {row['repro_seconds']:,.0f} | {row['stages']['prepare']['main_seconds']:,.1f} | "
             f"{row['train_images_per_second']:,.0f} | {row['prepared_bytes'] / 1e6:,.1f} | "
             f"{incremental['prepare_seconds']:,.1f} ({incremental['new_files']:,} files) | "
-            f"{incremental['fraction_of_full']:.1%} |"
+            f"{incremental['fraction_of_full']:.1%} | "
+            f"{incremental['shards_written']:,} of {incremental['shards']:,} |"
         )
+    lines += [
+        "",
+        "The new files are numbered after the others, so they sort last in each of the 10 class folders:",
+        "10 places in the row order. Prepare reads only them (`decode_cache`: the listing of the last",
+        "prepare tells unchanged files by size, modification time and inode) and writes again only the",
+        "shards they fall in (`shards.shard_ends`, `shards.ShardStore`).",
+    ]
+    rgb = results.get("rgb")
+    if rgb:
+        rgb_names = [name for name in names if name in rgb[0]["stages"]]
+        lines += [
+            "",
+            "## 64x64 RGB folders",
+            "",
+            "Generated 64x64 RGB PNG photos (`benchmarks.scale.photo` at 64 pixels a side), "
+            f"`benchmarks.scale.RGB_PARAMS`: {json.dumps(RGB_PARAMS)}.",
+            "",
+            "| images | " + " | ".join(rgb_names) + " | largest | full `dvc repro` (s) |",
+            "|---|" + "---|" * (len(rgb_names) + 2),
+        ]
+        for row in rgb:
+            peaks = [row["stages"][name]["peak_rss_mib"] for name in rgb_names]
+            cells = " | ".join(f"{peak:,.0f}" for peak in peaks)
+            lines.append(f"| {row['images']:,} | {cells} | {max(peaks):,.0f} | {row['repro_seconds']:,.0f} |")
+        if len(rgb) > 1:
+            largest = [max(row["stages"][name]["peak_rss_mib"] for name in rgb_names) for row in rgb]
+            lines.append(
+                f"\nThe largest stage at {rgb[-1]['images']:,} images peaks at {largest[-1] / largest[0]:.2f} "
+                f"times its figure at {rgb[0]['images']:,}."
+            )
     photos = results.get("photos")
     if photos:
         peaks = " | ".join(f"{photos['stages'][name]['peak_rss_mib']:,.0f}" for name in names)
@@ -271,6 +340,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=Path("docs/scale.md"), help="Markdown page to write")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the benchmark itself runs")
     parser.add_argument(
+        "--rgb-sizes", type=int, nargs="*", help=f"64x64 RGB image counts (default {' '.join(map(str, RGB_SIZES))})"
+    )
+    parser.add_argument(
         "--photos", type=int, help="generated photos for the photo recipe (0: none; default 20000, 0 with --quick)"
     )
     args = parser.parse_args(argv)
@@ -285,6 +357,11 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("scale: %d images", size)
         with pipeline.workspace() as parent:
             results["sizes"].append(measure_size(size, parent, args.quick))
+    rgb_sizes = args.rgb_sizes if args.rgb_sizes is not None else (QUICK_RGB_SIZES if args.quick else RGB_SIZES)
+    for size in rgb_sizes:
+        logger.info("scale: %d 64x64 RGB images", size)
+        with pipeline.workspace() as parent:
+            results.setdefault("rgb", []).append(measure_rgb(size, parent))
     photos = args.photos if args.photos is not None else (0 if args.quick else 20_000)
     if photos:
         logger.info("scale: photo recipe on %d photos", photos)

@@ -4,9 +4,12 @@ Prepare decodes only the image files whose content it has not decoded under the 
 adding ten photos to a folder of 100,000 decodes ten. A key is the file's md5 (the hash DVC gives
 it), its lower-case suffix (a few formats are refused by name) and the decoding rules with the
 versions of the decoders, so the result is the one a prepare from scratch gives. Failures are
-cached with their reason, so a bad file is not decoded again either. Each file's md5 is kept with
-its size, modification time and inode, as DVC keeps them, so an unchanged file is not read again to
-be hashed.
+cached with their reason, so a bad file is not decoded again either.
+
+The cache also keeps, per folder and decoding rules, the listing the last prepare made
+(`FolderListing`): each file's size, modification time and inode, as DVC keeps them, with its md5
+and what decoding it gave. A file whose size, time and inode have not changed is neither read nor
+looked up again: a prepare after a small change costs a walk of the folder, and the new files.
 
 The cache lives outside DVC's outputs (dvc.yaml passes `cache/prepare/decoded.sqlite`); deleting it
 costs one full decode. SQLite serializes writers, so two experiments preparing at once share it
@@ -16,11 +19,12 @@ safely.
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import PIL
@@ -30,6 +34,8 @@ from image_classification.data.dataset import HASH_BYTES
 
 # Bump when decoding changes in a way the versions below do not show.
 CACHE_VERSION = 1
+# Bump when the tables change: a cache file of another schema is emptied.
+SCHEMA_VERSION = 2
 # SQLite allows 32,766 parameters per statement; a few hundred keep the statements short.
 QUERY_ROWS = 500
 BUSY_TIMEOUT_SECONDS = 120
@@ -48,24 +54,66 @@ class Entry:
     flat: int = -1
 
 
-@dataclass(frozen=True)
-class FileStat:
-    """A file's absolute path with the size (bytes), modification time (ns) and inode that tell it changed."""
+@dataclass
+class FolderListing:
+    """Every file of a folder as a prepare found it, in its walk order: about 80 bytes a file.
 
-    path: str
-    size: int
-    mtime_ns: int
-    inode: int
+    Attributes:
+        path_hashes: (N,) uint64 `path_hashes` of each file's path relative to the folder: the
+            paths themselves would take as much again.
+        stats: (N, 3) int64 size (bytes), modification time (ns) and inode.
+        md5s: (N, 16) uint8 md5 of each file's bytes.
+        reasons: (N,) int32 index in `reason_texts` of why a file was rejected; -1 for a decoded
+            image, -2 for a file prepare did not decode (not an image, or hidden).
+        reason_texts: the rejection reasons.
+        hashes: (N, 16) uint8 content hashes of the decoded images (zeros for others).
+        flat: (N,) int16 flat values of the decoded images (`Entry.flat`).
+    """
+
+    path_hashes: np.ndarray
+    stats: np.ndarray
+    md5s: np.ndarray
+    reasons: np.ndarray
+    reason_texts: list[str]
+    hashes: np.ndarray
+    flat: np.ndarray
+
+    ARRAYS: ClassVar[dict[str, str]] = {
+        "path_hashes": "<u8", "stats": "<i8", "md5s": "u1", "reasons": "<i4", "hashes": "u1", "flat": "<i2",
+    }  # fmt: skip
+
+    def to_row(self) -> tuple:
+        """The listing as the values of a `listings` row after its folder and rules."""
+        blobs = (np.ascontiguousarray(getattr(self, name), dtype=dtype).data for name, dtype in self.ARRAYS.items())
+        return (len(self.path_hashes), json.dumps(self.reason_texts), *blobs)
 
     @classmethod
-    def of(cls, path: str) -> FileStat:
-        """Stat the file at absolute path `path` (a string: this runs once per file of a large folder).
+    def from_row(cls, row: Sequence) -> FolderListing:
+        """A listing from the values `to_row` gave.
 
         Raises:
-            OSError: the file cannot be stat'ed.
+            ValueError: arrays whose sizes disagree with the file count.
         """
-        info = os.stat(path)
-        return cls(path, info.st_size, info.st_mtime_ns, info.st_ino)
+        count, texts, *blobs = row
+        shapes = {"stats": (count, 3), "md5s": (count, 16), "hashes": (count, HASH_BYTES)}
+        arrays = {
+            name: np.frombuffer(blob, dtype=dtype).reshape(shapes.get(name, (count,))).copy()
+            for (name, dtype), blob in zip(cls.ARRAYS.items(), blobs, strict=True)
+        }
+        return cls(reason_texts=json.loads(texts), **arrays)
+
+
+def path_hashes(paths: Sequence[str]) -> np.ndarray:
+    """A 64-bit BLAKE2b hash of each path, as (N,) uint64; a listing matches files by it.
+
+    Two paths of one folder sharing a hash (odds about N**2 / 2**65) would also need the same
+    size, modification time and inode to be taken for one another.
+    """
+    hashes = np.empty(len(paths), dtype=np.uint64)
+    for row, path in enumerate(paths):
+        digest = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+        hashes[row] = int.from_bytes(digest, "little")
+    return hashes
 
 
 def rules_tag(spec: images.ImageSpec) -> str:
@@ -85,8 +133,7 @@ def rules_tag(spec: images.ImageSpec) -> str:
 
 def file_key(md5: str, name: str, tag: str) -> str:
     """The cache key of a file with content `md5`, called `name`, decoded under rules `tag`."""
-    suffix = os.path.splitext(name)[1].lower()
-    return f"{md5}:{suffix}:{tag}"
+    return f"{md5}:{images.suffix(name)}:{tag}"
 
 
 def decode_entry(data: bytes, name: str, spec: images.ImageSpec) -> Entry:
@@ -109,15 +156,20 @@ class DecodeCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
-            self._connection.execute(
-                "CREATE TABLE IF NOT EXISTS decoded (key TEXT PRIMARY KEY, reason TEXT, content_hash BLOB, "
-                "flat INTEGER, pixels BLOB)"
-            )
-            self._connection.execute(
-                "CREATE TABLE IF NOT EXISTS file_md5 (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
-                "inode INTEGER, md5 TEXT)"
-            )
-            self._connection.commit()
+            with self._connection:
+                if self._connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                    tables = self._connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+                    for (table,) in tables:
+                        self._connection.execute(f'DROP TABLE "{table}"')
+                    self._connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self._connection.execute(
+                    "CREATE TABLE IF NOT EXISTS decoded (key TEXT PRIMARY KEY, reason TEXT, content_hash BLOB, "
+                    "flat INTEGER, pixels BLOB)"
+                )
+                self._connection.execute(
+                    "CREATE TABLE IF NOT EXISTS listings (folder TEXT, rules TEXT, files INTEGER, reason_texts TEXT, "
+                    f"{', '.join(f'{name} BLOB' for name in FolderListing.ARRAYS)}, PRIMARY KEY (folder, rules))"
+                )
         except sqlite3.DatabaseError as error:
             raise ValueError(
                 f"{self.path}: unusable decoded-image cache ({error}); delete it (prepare decodes every file again)"
@@ -151,29 +203,27 @@ class DecodeCache:
         except sqlite3.DatabaseError as error:
             raise ValueError(f"{self.path}: cannot write the decoded-image cache ({error})") from None
 
-    def known_md5s(self, files: Sequence[FileStat]) -> list[str | None]:
-        """The md5 recorded for each file, or None when the file is new or its size, mtime or inode changed.
+    def listing(self, folder: str, tag: str) -> FolderListing | None:
+        """The listing the last prepare of `folder` under rules `tag` left, or None."""
+        columns = ", ".join(["files", "reason_texts", *FolderListing.ARRAYS])
+        rows = self._query(f"SELECT {columns} FROM listings WHERE folder = ? AND rules = ?", [folder, tag])
+        if not rows:
+            return None
+        try:
+            return FolderListing.from_row(rows[0])
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"{self.path}: unreadable decoded-image cache ({error}); delete it (prepare decodes every file again)"
+            ) from None
 
-        The same test DVC applies before hashing a file again; it saves reading every unchanged file.
-        """
-        found: dict[str, tuple] = {}
-        for start in range(0, len(files), QUERY_ROWS):
-            chunk = [file.path for file in files[start : start + QUERY_ROWS]]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT path, size, mtime_ns, inode, md5 FROM file_md5 WHERE path IN ({marks})"
-            found.update((row[0], row[1:]) for row in self._query(sql, chunk))
-        known: list[str | None] = []
-        for file in files:
-            record = found.get(file.path)
-            known.append(record[3] if record and tuple(record[:3]) == (file.size, file.mtime_ns, file.inode) else None)
-        return known
-
-    def remember_md5s(self, files: Iterable[tuple[FileStat, str]]) -> None:
-        """Record each file's md5 with the size, mtime and inode it had when it was read."""
-        rows = [(file.path, file.size, file.mtime_ns, file.inode, md5) for file, md5 in files]
+    def remember_listing(self, folder: str, tag: str, listing: FolderListing) -> None:
+        """Keep `listing` as the last of `folder` under rules `tag`."""
         try:
             with self._connection:
-                self._connection.executemany("INSERT OR REPLACE INTO file_md5 VALUES (?, ?, ?, ?, ?)", rows)
+                values = (folder, tag, *listing.to_row())
+                self._connection.execute(
+                    f"INSERT OR REPLACE INTO listings VALUES ({', '.join('?' * len(values))})", values
+                )
         except sqlite3.DatabaseError as error:
             raise ValueError(f"{self.path}: cannot write the decoded-image cache ({error})") from None
 

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 MAX_LISTED = 1000
 # Bytes of decoded images read from the source per chunk while writing shards.
 READ_BYTES = 32 * 2**20
+# The folder, beside the decoded-image cache, of the shards the last prepare wrote (`shards.ShardStore`).
+SHARD_STORE = "shards"
 
 
 def prepare_dataset(
@@ -47,7 +49,9 @@ def prepare_dataset(
         workers: processes decoding an image folder; all available cores when None.
         progress: show progress bars on stderr while hashing, decoding and writing.
         cache_path: the decoded-image cache (`decode_cache`) that lets an image folder be prepared
-            again decoding only new or changed files; none kept when None.
+            again decoding only new or changed files; the shards written are kept beside it, in
+            `SHARD_STORE`, so that the next prepare writes only the shards whose rows changed.
+            Nothing kept when None.
 
     Returns:
         The statistics written to `statistics_path`.
@@ -88,7 +92,8 @@ def prepare_dataset(
         dataset_lib.validate_labels(
             loaded.labels[kept], loaded.class_names, f"{loaded.version.path} (data.max_images = {data.max_images})"
         )
-    mean, std = write_shards(loaded, kept, output, progress)
+    store = shards.ShardStore(cache_path.parent / SHARD_STORE) if cache_path is not None else None
+    mean, std = write_shards(loaded, kept, output, progress, store)
     statistics = {
         "source": data.source,
         "data_version": loaded.version.to_json(),
@@ -111,8 +116,17 @@ def prepare_dataset(
     return statistics
 
 
-def write_shards(loaded: sources.Loaded, rows: np.ndarray, output: Path, progress: bool = True) -> tuple:
+def write_shards(
+    loaded: sources.Loaded,
+    rows: np.ndarray,
+    output: Path,
+    progress: bool = True,
+    store: shards.ShardStore | None = None,
+) -> tuple:
     """Write `rows` of `loaded`, in order, as the prepared dataset at `output`, a bounded chunk at a time.
+
+    With a `store`, shards whose rows it holds already are linked from there without reading their
+    pixels, and afterwards it keeps this dataset's shards only.
 
     Returns:
         The pixel mean and standard deviation (0..255) of the rows written, or (None, None) for none.
@@ -122,11 +136,22 @@ def write_shards(loaded: sources.Loaded, rows: np.ndarray, output: Path, progres
         total=len(rows), desc="writing shards", unit="img", file=sys.stderr, disable=not progress, leave=False, delay=2
     )
     with bar, artifacts.atomic_path(output) as staged:
-        with shards.ShardWriter(staged, loaded.image_shape, loaded.class_names) as writer:
+        with shards.ShardWriter(staged, loaded.image_shape, loaded.class_names, store, len(rows)) as writer:
             for start in range(0, len(rows), chunk):
                 part = rows[start : start + chunk]
-                writer.add(loaded.images.read(part), loaded.labels[part], loaded.hashes[part])
+                writer.add_rows(
+                    loaded.labels[part],
+                    loaded.hashes[part],
+                    lambda first, stop, part=part: loaded.images.read(part[first:stop]),
+                )
                 bar.update(len(part))
+        if store is not None:
+            store.keep_only(writer.keys)
+        logger.info(
+            "wrote %d of %d shards, the others unchanged since the last prepare",
+            len(writer.keys) - writer.reused,
+            len(writer.keys),
+        )
         return writer.pixel_mean_std()
 
 

@@ -22,10 +22,13 @@ stays the batch it is working on, however large the dataset is.
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import json
 import os
+import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +42,20 @@ LABELS = "labels.npy"
 HASHES = "hashes.npy"
 FORMAT = "image-classification-shards"
 FORMAT_VERSION = 1
-# Large enough that per-file overhead (DVC's hashing and transfer, opening) is small, small enough
-# that a writer's buffer is modest and that a changed shard is cheap to push again.
+# The most bytes of pixels a shard holds: a writer's buffer stays modest, and a changed shard is cheap
+# to write and push again.
 SHARD_BYTES = 64 * 2**20
+# Shards end where an image's content hash says so (content-defined chunking), once they hold at
+# least a minimum of bytes; they average about twice as much. An added, removed or edited image
+# then changes only the shard it falls in: prepare writes that one again and reuses the others, and
+# `dvc push` sends only it. The minimum is SHARD_MIN_BYTES, or for a large dataset the power of two
+# nearest below its bytes / SHARD_COUNT_LIMIT, so it has some 2,000 shards at most until they reach
+# SHARD_BYTES: fewer files for DVC to hash and move, more bytes to write again after an edit.
+SHARD_MIN_BYTES = 2**19
+SHARD_COUNT_LIMIT = 4096
+# Shard files a reader keeps open at once (the least recently used are closed), well under the
+# usual limit of 1,024 open files per process.
+MAX_OPEN_SHARDS = 256
 
 
 @dataclass(frozen=True)
@@ -54,27 +68,155 @@ class ShardFile:
     md5: str
 
 
+@dataclass(frozen=True)
+class StoredShard:
+    """A shard file written before, with its manifest entry's fields and its pixels' value and square sums."""
+
+    rows: int
+    bytes: int
+    md5: str
+    pixel_sum: int
+    pixel_squares: int
+
+
+def shard_rows(image_shape: Sequence[int], expected_rows: int | None = None) -> tuple[int, int]:
+    """The fewest rows a shard holds before a content-defined end may close it, and the most it holds.
+
+    Args:
+        image_shape: (height, width, channels) of the uint8 images.
+        expected_rows: how many images the dataset will hold, when known: large datasets get larger shards.
+    """
+    image_bytes = max(1, int(np.prod(image_shape)))
+    most = max(1, SHARD_BYTES // image_bytes)
+    fewest_bytes = SHARD_MIN_BYTES
+    if expected_rows:
+        share = expected_rows * image_bytes // SHARD_COUNT_LIMIT
+        fewest_bytes = max(fewest_bytes, 1 << max(0, share.bit_length() - 1))
+    return min(most, max(1, fewest_bytes // image_bytes)), most
+
+
+def shard_ends(hashes: np.ndarray, filled: int, fewest: int, most: int) -> tuple[list[int], int]:
+    """Where shards end among rows that follow `filled` rows of an open shard.
+
+    A shard ends after a row once it holds at least `fewest` rows and the row's content hash is 0
+    modulo `fewest` (so shards average about `2 * fewest` rows), or once it holds `most`. This is
+    content-defined chunking (as in rsync and restic): an end depends on the rows near it only, so
+    inserting or removing rows moves the ends of the shard they fall in and no others.
+
+    Args:
+        hashes: (n, 16) uint8 content hashes of the rows, in dataset order.
+        filled: rows already in the open shard.
+        fewest, most: `shard_rows`.
+
+    Returns:
+        The positions in `hashes` after which shards end (exclusive ends), and the rows left in the open shard.
+    """
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint8).reshape(-1, HASH_BYTES)
+    hits = np.flatnonzero(hashes[:, 8:].copy().view("<u8").reshape(-1) % np.uint64(fewest) == 0)
+    ends: list[int] = []
+    start = 0
+    while True:
+        earliest = start + max(fewest - filled, 1) - 1
+        at = int(np.searchsorted(hits, earliest))
+        end = min(int(hits[at]) if at < len(hits) else len(hashes), start + most - filled - 1)
+        if end >= len(hashes):
+            return ends, filled + len(hashes) - start
+        ends.append(end + 1)
+        start, filled = end + 1, 0
+
+
+def shard_key(image_shape: Sequence[int], hashes: np.ndarray) -> str:
+    """A name for a shard's content: its image shape and the content hashes of its rows, in order."""
+    hasher = hashlib.blake2b(repr(tuple(int(side) for side in image_shape)).encode(), digest_size=16)
+    hasher.update(np.ascontiguousarray(hashes, dtype=np.uint8).tobytes())
+    return hasher.hexdigest()
+
+
+class ShardStore:
+    """Shards written by earlier prepares, by `shard_key`, so that a prepare after a small change writes few.
+
+    A shard is stored as a hard link to the file prepare wrote (a copy where links are not
+    possible), so it costs no space while the prepared dataset holds the same file. Each sits beside
+    a small JSON file with its `StoredShard` fields and the size, modification time and inode it
+    had: a file changed since is not reused.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str) -> tuple[Path, StoredShard] | None:
+        """The stored file and fields of shard `key`, or None when absent, unreadable or changed."""
+        path = self.folder / f"{key}.npy"
+        try:
+            record = json.loads((self.folder / f"{key}.json").read_text(encoding="utf-8"))
+            info = os.stat(path)
+            if [info.st_size, info.st_mtime_ns, info.st_ino] != record["stat"]:
+                return None
+            return path, StoredShard(**record["shard"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put(self, key: str, path: Path, shard: StoredShard) -> None:
+        """Keep the shard file at `path` (not moved) under `key`."""
+        stored = self.folder / f"{key}.npy"
+        stored.unlink(missing_ok=True)
+        link_or_copy(path, stored)
+        info = os.stat(stored)
+        record = {"shard": vars(shard), "stat": [info.st_size, info.st_mtime_ns, info.st_ino]}
+        artifacts.write_json(self.folder / f"{key}.json", record)
+
+    def keep_only(self, keys: Collection[str]) -> None:
+        """Delete every stored shard but `keys`: the store holds the last prepared dataset's shards."""
+        keep = set(keys)
+        for path in self.folder.iterdir():
+            if path.stem not in keep and path.suffix in (".npy", ".json"):
+                path.unlink(missing_ok=True)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link `target` to `source`, or copy it where the file system cannot link."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 class ShardWriter:
     """Write a prepared dataset into `folder`, a batch of images at a time, holding one shard at most.
 
     Use as a context manager: the manifest is written on a clean exit only, so a folder without
-    one is incomplete. Pixel sums are kept as rows go by, for `pixel_mean_std`.
+    one is incomplete. Shards end where `shard_ends` says, so the same rows (and `expected_rows`,
+    which sets their minimum size, `shard_rows`) give the same files, however they are added.
+    With a `store`, a shard whose content was written before is linked from there, and its pixels
+    are never read (`add_rows`). Pixel sums are kept as shards are written, for `pixel_mean_std`.
     """
 
-    def __init__(self, folder: Path, image_shape: Sequence[int], class_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        image_shape: Sequence[int],
+        class_names: Sequence[str],
+        store: ShardStore | None = None,
+        expected_rows: int | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.image_shape = tuple(int(side) for side in image_shape)
         self.class_names = tuple(class_names)
+        self.store = store
         self.image_bytes = int(np.prod(self.image_shape))
-        self.rows_per_shard = max(1, SHARD_BYTES // max(1, self.image_bytes))
-        self._buffer = np.empty((self.rows_per_shard, *self.image_shape), dtype=np.uint8)
+        self.fewest, self.most = shard_rows(self.image_shape, expected_rows)
+        self._open: list[np.ndarray] = []  # pixels of the open shard's rows
+        self._open_hashes: list[np.ndarray] = []
         self._filled = 0
         self._shards: list[ShardFile] = []
         self._labels: list[np.ndarray] = []
         self._hashes: list[np.ndarray] = []
         self._sum = 0
         self._squares = 0
+        self._keys: list[str] = []
         self.rows = 0
+        self.reused = 0
 
     def __enter__(self) -> ShardWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -88,25 +230,35 @@ class ShardWriter:
         """Append (n, H, W, C) uint8 images with their (n,) labels and (n, 16) content hashes."""
         if images.shape[1:] != self.image_shape or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 images of shape {self.image_shape}, got {images.dtype} {images.shape}")
-        # A histogram of the 256 values gives exact sums of values and of squares, faster than squaring them.
-        counts = np.bincount(images.reshape(-1), minlength=256).astype(np.uint64)
-        values = np.arange(256, dtype=np.uint64)
-        self._sum += int(counts @ values)
-        self._squares += int(counts @ (values * values))
+        self.add_rows(labels, hashes, lambda start, stop: images[start:stop])
+
+    def add_rows(self, labels: np.ndarray, hashes: np.ndarray, read: Callable[[int, int], np.ndarray]) -> None:
+        """Append rows given by their (n,) labels and (n, 16) content hashes; `read(start, stop)` gives their pixels.
+
+        `read` is called only for rows of shards the store does not hold, at most one shard at a time.
+        """
+        hashes = np.asarray(hashes, dtype=np.uint8).reshape(-1, HASH_BYTES)
         self._labels.append(np.asarray(labels, dtype=np.int64))
-        self._hashes.append(np.asarray(hashes, dtype=np.uint8).reshape(-1, HASH_BYTES))
+        self._hashes.append(hashes)
+        ends, filled = shard_ends(hashes, self._filled, self.fewest, self.most)
         start = 0
-        while start < len(images):
-            take = min(self.rows_per_shard - self._filled, len(images) - start)
-            self._buffer[self._filled : self._filled + take] = images[start : start + take]
-            self._filled += take
-            start += take
-            if self._filled == self.rows_per_shard:
-                self._flush()
-        self.rows += len(images)
+        for end in ends:
+            if self._filled:  # the open shard's earlier rows are buffered: finish it with these
+                self._buffer(read(start, end), hashes[start:end])
+                self._write_open()
+            else:
+                self._write(hashes[start:end], lambda start=start, end=end: read(start, end))
+            start = end
+        if start < len(hashes):
+            self._buffer(read(start, len(hashes)), hashes[start:])
+        self._filled = filled
+        self.rows += len(hashes)
 
     def pixel_mean_std(self) -> tuple[float | None, float | None]:
-        """Mean and standard deviation (0..255) of every pixel value added, from exact integer sums."""
+        """Mean and standard deviation (0..255) of every pixel value in the shards written, from exact integer sums.
+
+        The last shard is written at `close`: call this after it for the whole dataset.
+        """
         count = self.rows * self.image_bytes
         if not count:
             return None, None
@@ -114,7 +266,8 @@ class ShardWriter:
         return mean, max(self._squares / count - mean * mean, 0.0) ** 0.5
 
     def close(self) -> None:
-        self._flush()
+        if self._filled:
+            self._write_open()
         labels = np.concatenate(self._labels) if self._labels else np.zeros(0, np.int64)
         hashes = np.concatenate(self._hashes) if self._hashes else np.zeros((0, HASH_BYTES), np.uint8)
         extras = {}
@@ -135,13 +288,56 @@ class ShardWriter:
         }
         artifacts.write_json(self.folder / MANIFEST, manifest)
 
-    def _flush(self) -> None:
-        if not self._filled:
-            return
+    def _buffer(self, images: np.ndarray, hashes: np.ndarray) -> None:
+        if images.shape != (len(hashes), *self.image_shape) or images.dtype != np.uint8:
+            raise ValueError(f"expected {len(hashes)} uint8 images of shape {self.image_shape}, got {images.shape}")
+        self._open.append(images)
+        self._open_hashes.append(hashes)
+
+    def _write_open(self) -> None:
+        pixels, hashes = np.concatenate(self._open), np.concatenate(self._open_hashes)
+        self._open, self._open_hashes = [], []
+        self._write(hashes, lambda: pixels)
+
+    def _write(self, hashes: np.ndarray, pixels: Callable[[], np.ndarray]) -> None:
+        """Write the next shard, of the rows with `hashes`: linked from the store, or from `pixels()`."""
         path = self.folder / f"images-{len(self._shards):05d}.npy"
-        np.save(path, self._buffer[: self._filled], allow_pickle=False)
-        self._shards.append(_describe(path, self._filled))
+        key = shard_key(self.image_shape, hashes)
+        found = self.store.get(key) if self.store else None
+        if found:
+            stored, shard = found
+            link_or_copy(stored, path)
+            self.reused += 1
+        else:
+            images = pixels()
+            if images.shape != (len(hashes), *self.image_shape) or images.dtype != np.uint8:
+                raise ValueError(f"expected {len(hashes)} uint8 images of {self.image_shape}, got {images.shape}")
+            np.save(path, images, allow_pickle=False)
+            written = _describe(path, len(images))
+            shard = StoredShard(written.rows, written.bytes, written.md5, *pixel_sums(images))
+            if self.store:
+                self.store.put(key, path, shard)
+        self._shards.append(ShardFile(path.name, shard.rows, shard.bytes, shard.md5))
+        self._keys.append(key)
+        self._sum += shard.pixel_sum
+        self._squares += shard.pixel_squares
         self._filled = 0
+
+    @property
+    def keys(self) -> list[str]:
+        """The `shard_key` of every shard written so far, in order."""
+        return list(self._keys)
+
+
+def pixel_sums(images: np.ndarray) -> tuple[int, int]:
+    """The exact sums of the pixel values of uint8 `images`, and of their squares.
+
+    `einsum` accumulates in uint64 as it goes, with no temporary array of the squares.
+    """
+    flat = np.ascontiguousarray(images).reshape(-1)
+    total = int(flat.sum(dtype=np.uint64))
+    squares = int(np.einsum("i,i->", flat, flat, dtype=np.uint64, casting="unsafe"))
+    return total, squares
 
 
 class ShardedDataset:
@@ -193,7 +389,8 @@ class ShardedDataset:
             raise ValueError(f"{manifest_path}: its shards hold another number of rows than its {images} images")
         self._ends = np.cumsum([shard.rows for shard in self.shards], dtype=np.int64)
         self._offsets = [self._data_offset(shard) for shard in self.shards]
-        self._handles: dict[int, int] = {}
+        self._handles: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self._readers: collections.Counter[int] = collections.Counter()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -236,7 +433,11 @@ class ShardedDataset:
                 run += 1
             local = row - int(starts[shard])
             offset = self._offsets[shard] + local * self.image_bytes
-            data = os.pread(self._handle(shard), run * self.image_bytes, offset)
+            handle = self._acquire(shard)
+            try:
+                data = os.pread(handle, run * self.image_bytes, offset)
+            finally:
+                self._release(shard)
             if len(data) != run * self.image_bytes:
                 raise ValueError(self._damaged(self.shards[shard].file, "is shorter than its manifest says"))
             flat[position : position + run] = np.frombuffer(data, dtype=np.uint8).reshape(run, -1)
@@ -262,11 +463,26 @@ class ShardedDataset:
             if artifacts.file_md5(path) != entry.md5:
                 raise ValueError(self._damaged(entry.file, "does not match its md5 in the manifest (corrupt)"))
 
-    def _handle(self, shard: int) -> int:
+    def _acquire(self, shard: int) -> int:
+        """An open handle on `shard`, held until `_release`; the least recently used idle ones are closed."""
         with self._lock:
-            if shard not in self._handles:
+            self._readers[shard] += 1
+            if shard in self._handles:
+                self._handles.move_to_end(shard)
+                return self._handles[shard]
+            idle = [other for other in self._handles if not self._readers[other]]
+            for other in idle[: max(0, len(self._handles) + 1 - MAX_OPEN_SHARDS)]:
+                os.close(self._handles.pop(other))
+            try:
                 self._handles[shard] = os.open(self.folder / self.shards[shard].file, os.O_RDONLY)
+            except OSError:
+                self._readers[shard] -= 1
+                raise
             return self._handles[shard]
+
+    def _release(self, shard: int) -> None:
+        with self._lock:
+            self._readers[shard] -= 1
 
     def _data_offset(self, shard: ShardFile) -> int:
         """Where the pixels start in a shard's .npy file, after checking its header and size."""

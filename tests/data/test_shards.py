@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 from pathlib import Path
@@ -69,7 +70,7 @@ def test_pixel_mean_and_std_are_those_of_every_pixel(tmp_path: Path, tiny_datase
     with shards.ShardWriter(tmp_path / "prepared", (12, 12, 1), tiny_dataset.class_names) as writer:
         assert writer.pixel_mean_std() == (None, None)
         writer.add(tiny_dataset.images, tiny_dataset.labels, content_hashes(tiny_dataset.images))
-        mean, std = writer.pixel_mean_std()
+    mean, std = writer.pixel_mean_std()  # counted as shards are written, the last one at close
     assert mean == pytest.approx(tiny_dataset.images.mean(), rel=1e-12)
     assert std == pytest.approx(tiny_dataset.images.std(), rel=1e-9)
 
@@ -207,3 +208,113 @@ def test_rows_outside_the_dataset_are_an_index_error(tmp_path: Path, tiny_datase
             data.read([0, 60])
         with pytest.raises(IndexError, match=r"got -1\.\.3"):
             data.read([3, -1])
+
+
+def shard_files(folder: Path) -> list[bytes]:
+    return [path.read_bytes() for path in sorted(folder.glob("images-*.npy"))]
+
+
+def test_shards_end_where_content_says_so_an_insertion_changes_only_its_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 4x4 images: at least 8 and at most 40 rows per shard, ending on a content hash.
+    monkeypatch.setattr(shards, "SHARD_MIN_BYTES", 8 * 16)
+    monkeypatch.setattr(shards, "SHARD_BYTES", 40 * 16)
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (600, 4, 4, 1), dtype=np.uint8)
+    labels = rng.integers(0, 3, 600)
+    before = shard_files(write_shards(tmp_path / "before", Dataset(images, labels, ("a", "b", "c"))))
+    manifest = json.loads((tmp_path / "before" / shards.MANIFEST).read_text())
+    sizes = [shard["rows"] for shard in manifest["shards"]]
+    assert sum(sizes) == 600
+    assert min(sizes[:-1]) >= 8
+    assert max(sizes) <= 40
+    assert len(set(sizes)) > 3  # ends follow the content, not a fixed count
+    new = rng.integers(0, 256, (3, 4, 4, 1), dtype=np.uint8)
+    inserted = Dataset(
+        np.concatenate([images[:300], new, images[300:]]), np.insert(labels, 300, [0, 1, 2]), ("a", "b", "c")
+    )
+    after = shard_files(write_shards(tmp_path / "after", inserted))
+    # Every shard but the one or two around row 300 is byte for byte a shard of before.
+    assert len([shard for shard in after if shard not in before]) <= 2
+    assert len([shard for shard in before if shard not in after]) <= 2
+    assert len(after) >= len(before) - 1
+
+
+def test_shard_ends_are_the_same_however_rows_arrive() -> None:
+    hashes = content_hashes(np.random.default_rng(1).integers(0, 256, (500, 2, 2, 1), dtype=np.uint8))
+    whole, left = shards.shard_ends(hashes, 0, 7, 30)
+    ends, filled, start = [], 0, 0
+    for stop in (1, 2, 50, 51, 200, 500):
+        part, filled = shards.shard_ends(hashes[start:stop], filled, 7, 30)
+        ends += [start + end for end in part]
+        start = stop
+    assert ends == whole
+    assert filled == left
+    sizes = np.diff([0, *whole])
+    assert sizes.min() >= 7
+    assert sizes.max() <= 30
+    assert shards.shard_ends(hashes[:0], 0, 7, 30) == ([], 0)
+
+
+def test_a_store_gives_back_the_shards_it_holds_without_reading_pixels(
+    tmp_path: Path, tiny_dataset: Dataset, small_shards
+) -> None:
+    store = shards.ShardStore(tmp_path / "store")
+    hashes = content_hashes(tiny_dataset.images)
+    reads: list[tuple[int, int]] = []
+
+    def read(start: int, stop: int) -> np.ndarray:
+        reads.append((start, stop))
+        return tiny_dataset.images[start:stop]
+
+    for name in ("first", "second"):
+        reads.clear()
+        with shards.ShardWriter(tmp_path / name, (12, 12, 1), tiny_dataset.class_names, store) as writer:
+            writer.add_rows(tiny_dataset.labels, hashes, read)
+        mean_std = writer.pixel_mean_std()
+        assert mean_std[0] == pytest.approx(tiny_dataset.images.mean(), rel=1e-12)
+    # The second writer linked all 9 shards from the store. Only the rows after the last end were
+    # read: they wait in the open shard until `close`, which may find it in the store too.
+    assert writer.reused == 9
+    assert reads == [(56, 60)]
+    assert snapshot(tmp_path / "first") == snapshot(tmp_path / "second")
+    assert (tmp_path / "second" / "images-00000.npy").stat().st_ino == (
+        tmp_path / "store" / f"{writer.keys[0]}.npy"
+    ).stat().st_ino
+    # A stored file changed since is not given back, and keep_only prunes the others.
+    stored = tmp_path / "store" / f"{writer.keys[1]}.npy"
+    (tmp_path / "second" / "images-00001.npy").unlink()
+    stored.write_bytes(stored.read_bytes())
+    assert store.get(writer.keys[1]) is None
+    assert store.get(writer.keys[0]) is not None
+    store.keep_only(writer.keys[:2])
+    assert sorted(path.name for path in (tmp_path / "store").iterdir()) == sorted(
+        f"{key}.{suffix}" for key in writer.keys[:2] for suffix in ("npy", "json")
+    )
+
+
+def test_a_reader_keeps_a_bounded_number_of_files_open(
+    tmp_path: Path, tiny_dataset: Dataset, small_shards, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shards, "MAX_OPEN_SHARDS", 2)
+    folder = write_shards(tmp_path / "prepared", tiny_dataset)
+    order = np.random.default_rng(2).permutation(60)
+    with shards.open_dataset(folder) as data:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            parts = list(pool.map(data.read, np.array_split(order, 30)))
+        assert len(data._handles) <= 2
+    assert np.array_equal(np.concatenate(parts), tiny_dataset.images[order])
+
+
+def test_large_datasets_get_larger_shards_up_to_the_most() -> None:
+    image = (28, 28, 1)
+    fewest, most = shards.shard_rows(image)
+    assert fewest == shards.SHARD_MIN_BYTES // 784
+    assert most == shards.SHARD_BYTES // 784
+    assert shards.shard_rows(image, 100_000) == (fewest, most)  # 78 MB: the smallest shards
+    # 192 GB of 224x224 RGB images: the minimum grows to 32 MiB, so some 3,000 shards, not 190,000.
+    fewest, most = shards.shard_rows((224, 224, 3), 1_281_167)
+    assert fewest * 224 * 224 * 3 <= 32 * 2**20 < (fewest + 1) * 224 * 224 * 3
+    assert most == shards.SHARD_BYTES // (224 * 224 * 3)
+    assert shards.shard_rows((4000, 4000, 3)) == (1, 1)  # a 48 MB image is a shard of its own

@@ -5,6 +5,8 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import sqlite3
 import struct
 from pathlib import Path
 
@@ -151,6 +153,54 @@ def test_a_cache_path_decodes_each_file_content_once(tmp_path: Path, monkeypatch
     (raw / "class_1" / "moved.jpeg").write_bytes((raw / "class_1" / "moved.png").read_bytes())
     sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)
     assert decoded == ["class_1/moved.jpeg"]  # another suffix is another key
+
+
+def test_unchanged_files_are_not_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw, cache = tmp_path / "raw", tmp_path / "cache" / "decoded.sqlite"
+    write_tree(raw, classes=2, per_class=3)
+    (raw / ".notes.txt").write_text("hidden, but DVC hashes it")
+    hashed: list[str] = []
+    file_md5 = artifacts.file_md5
+
+    def spy(path: str | Path) -> str:
+        hashed.append(Path(path).relative_to(raw).as_posix())
+        return file_md5(path)
+
+    monkeypatch.setattr(artifacts, "file_md5", spy)
+    first = sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)
+    assert len(hashed) == 7
+    hashed.clear()
+    again = sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)
+    assert hashed == []
+    assert again.version == first.version
+    assert np.array_equal(again.hashes, first.hashes)
+    # Same size, new modification time: read and hashed again, and found in the cache by its md5.
+    touched = sorted((raw / "class_1").iterdir())[0]
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    decoded = counting_decodes(monkeypatch)
+    third = sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)
+    assert hashed == [f"class_1/{touched.name}"]
+    assert decoded == []
+    assert third.version == first.version
+    # Other decoding rules keep a listing of their own: every file is read again, every image decoded.
+    hashed.clear()
+    sources.load_image_folder(raw, ImageSpec(10, 10, 1), progress=False, cache_path=cache)
+    assert len(hashed) == 7
+    assert len(decoded) == 6
+
+
+def test_a_cache_of_an_older_layout_is_emptied_and_used(tmp_path: Path) -> None:
+    raw, cache = tmp_path / "raw", tmp_path / "decoded.sqlite"
+    write_tree(raw, classes=2, per_class=2)
+    with sqlite3.connect(cache) as connection:
+        connection.execute("CREATE TABLE file_md5 (path TEXT PRIMARY KEY, md5 TEXT)")
+        connection.execute("CREATE TABLE decoded (key TEXT PRIMARY KEY, reason TEXT)")
+    loaded = sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)
+    assert len(loaded) == 4
+    with sqlite3.connect(cache) as connection:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == decode_cache.SCHEMA_VERSION
+    assert tables == {"decoded", "listings"}
 
 
 def test_large_images_are_decoded_a_few_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -192,3 +192,17 @@ def test_prepare_and_split_outputs(pipeline) -> None:
     assert not train & validation
     assert not train & test
     assert not validation & test
+
+
+@pytest.mark.parametrize(("classes", "size", "test_size"), [(3, 40, 0.3), (10, 1003, 0.25), (7, 200, 0.5)])
+def test_the_lean_stratified_split_draws_what_scikit_learn_draws(classes: int, size: int, test_size: float) -> None:
+    from sklearn.model_selection import train_test_split
+
+    labels = np.random.default_rng(classes).integers(0, classes, size)
+    positions = np.arange(size)
+    for seed in (0, 42):
+        expected = train_test_split(positions, test_size=test_size, stratify=labels, random_state=seed)
+        got = split.stratified_shuffle_split(labels, test_size, seed)
+        assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
+    with pytest.raises(ValueError, match=r"4 items of 2 classes cannot be split 2/2"):
+        split.stratified_shuffle_split(np.array([0, 0, 0, 1]), 0.5, 0)  # a class of one item
