@@ -95,7 +95,7 @@ bench-tracking: $(TEAM) ## Seconds each stage spends in MLflow calls: SQLite sto
 bench-distributed: $(BACKENDS) ## Two JAX training processes against one: images per second and communication overhead (writes docs/distributed-benchmark.md)
 	python -m benchmarks.distributed --output docs/distributed-benchmark.md
 
-bench-scale: $(INSTALLED) ## Memory per stage, training speed and incremental prepare at 5,000 to 600,000 images (writes docs/scale.md)
+bench-scale: $(INSTALLED) ## Memory per stage, training speed and incremental prepare at 5,000 to 600,000 images, 64x64 RGB folders, the photo recipe (writes docs/scale.md)
 	python -m benchmarks.scale --output docs/scale.md
 
 lint: $(INSTALLED) ## Check style with ruff

@@ -158,11 +158,17 @@ class ShardStore:
             return None
 
     def put(self, key: str, path: Path, shard: StoredShard) -> None:
-        """Keep the shard file at `path` (not moved) under `key`."""
+        """Keep the shard file at `path` (not moved) under `key`.
+
+        The entry is replaced, never written into: a file linked from here may be another
+        prepare's output at the same time.
+        """
         stored = self.folder / f"{key}.npy"
-        stored.unlink(missing_ok=True)
-        link_or_copy(path, stored)
-        info = os.stat(stored)
+        staged = self.folder / f".{key}.{os.getpid()}.npy"
+        staged.unlink(missing_ok=True)
+        link_or_copy(path, staged)
+        info = os.stat(staged)
+        os.replace(staged, stored)
         record = {"shard": vars(shard), "stat": [info.st_size, info.st_mtime_ns, info.st_ino]}
         artifacts.write_json(self.folder / f"{key}.json", record)
 
@@ -170,7 +176,8 @@ class ShardStore:
         """Delete every stored shard but `keys`: the store holds the last prepared dataset's shards."""
         keep = set(keys)
         for path in self.folder.iterdir():
-            if path.stem not in keep and path.suffix in (".npy", ".json"):
+            # A name starting with a dot is another prepare's entry on its way in (`put`).
+            if path.stem not in keep and path.suffix in (".npy", ".json") and not path.name.startswith("."):
                 path.unlink(missing_ok=True)
 
 
@@ -306,9 +313,12 @@ class ShardWriter:
         found = self.store.get(key) if self.store else None
         if found:
             stored, shard = found
-            link_or_copy(stored, path)
-            self.reused += 1
-        else:
+            try:
+                link_or_copy(stored, path)
+                self.reused += 1
+            except OSError:  # gone since: another prepare sharing the store kept only its own
+                found = None
+        if not found:
             images = pixels()
             if images.shape != (len(hashes), *self.image_shape) or images.dtype != np.uint8:
                 raise ValueError(f"expected {len(hashes)} uint8 images of {self.image_shape}, got {images.shape}")

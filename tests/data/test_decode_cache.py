@@ -106,3 +106,52 @@ def test_a_file_that_is_not_a_cache_says_to_delete_it(tmp_path: Path) -> None:
     expected = rf"^{re.escape(str(path))}: unusable decoded-image cache \([^\n]*\); delete it \(prepare decodes"
     with pytest.raises(ValueError, match=expected + r" every file again\)$"):
         decode_cache.DecodeCache(path)
+
+
+def a_listing(count: int) -> decode_cache.FolderListing:
+    rng = np.random.default_rng(count)
+    return decode_cache.FolderListing(
+        decode_cache.path_hashes([f"class_{row % 2}/{row}.png" for row in range(count)]),
+        rng.integers(0, 2**40, (count, 3)),
+        rng.integers(0, 256, (count, 16), dtype=np.uint8),
+        np.array([-1, 0, -2, 1, -1][:count], dtype=np.int32),
+        ["not an image", "cannot read file: x"],
+        rng.integers(0, 256, (count, 16), dtype=np.uint8),
+        np.array([-1, 7, -1, -1, 255][:count], dtype=np.int16),
+    )
+
+
+def test_a_listing_reads_back_per_folder_and_rules(tmp_path: Path) -> None:
+    listing = a_listing(5)
+    with decode_cache.DecodeCache(tmp_path / "decoded.sqlite") as cache:
+        assert cache.listing("/data/raw", "rules") is None
+        cache.remember_listing("/data/raw", "rules", listing)
+        cache.remember_listing("/data/raw", "other rules", a_listing(3))
+    with decode_cache.DecodeCache(tmp_path / "decoded.sqlite") as cache:
+        again = cache.listing("/data/raw", "rules")
+        assert len(cache.listing("/data/raw", "other rules").md5s) == 3
+        assert cache.listing("/elsewhere", "rules") is None
+    for name in decode_cache.FolderListing.ARRAYS:
+        assert np.array_equal(getattr(again, name), getattr(listing, name)), name
+        assert getattr(again, name).dtype == getattr(listing, name).dtype, name
+    assert again.reason_texts == listing.reason_texts
+
+
+def test_path_hashes_are_stable_and_tell_paths_apart() -> None:
+    paths = ["a/1.png", "a/2.png", "b/1.png", "é/ü.png", "a/\udcff.png"]  # the last one is not UTF-8 on disk
+    hashes = decode_cache.path_hashes(paths)
+    assert hashes.dtype == np.uint64
+    assert len(set(hashes.tolist())) == len(paths)
+    assert np.array_equal(decode_cache.path_hashes(paths[::-1]), hashes[::-1])
+    assert decode_cache.path_hashes([]).shape == (0,)
+
+
+def test_a_damaged_listing_says_to_delete_the_cache(tmp_path: Path) -> None:
+    path = tmp_path / "decoded.sqlite"
+    with decode_cache.DecodeCache(path) as cache:
+        cache.remember_listing("/data/raw", "rules", a_listing(5))
+        with cache._connection:
+            cache._connection.execute("UPDATE listings SET md5s = ?", (b"short",))
+        expected = rf"^{re.escape(str(path))}: unreadable decoded-image cache \([^\n]*\); delete it [^\n]*$"
+        with pytest.raises(ValueError, match=expected):
+            cache.listing("/data/raw", "rules")

@@ -318,3 +318,24 @@ def test_large_datasets_get_larger_shards_up_to_the_most() -> None:
     assert fewest * 224 * 224 * 3 <= 32 * 2**20 < (fewest + 1) * 224 * 224 * 3
     assert most == shards.SHARD_BYTES // (224 * 224 * 3)
     assert shards.shard_rows((4000, 4000, 3)) == (1, 1)  # a 48 MB image is a shard of its own
+
+
+def test_a_shard_gone_from_the_store_meanwhile_is_written_from_its_pixels(
+    tmp_path: Path, tiny_dataset: Dataset, small_shards, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = shards.ShardStore(tmp_path / "store")
+    with shards.ShardWriter(tmp_path / "first", (12, 12, 1), tiny_dataset.class_names, store) as writer:
+        writer.add(tiny_dataset.images, tiny_dataset.labels, content_hashes(tiny_dataset.images))
+    get = shards.ShardStore.get
+
+    def get_then_lose(self: shards.ShardStore, key: str) -> tuple | None:
+        found = get(self, key)
+        if found:
+            found[0].unlink()  # another prepare sharing the store pruned it after the lookup
+        return found
+
+    monkeypatch.setattr(shards.ShardStore, "get", get_then_lose)
+    with shards.ShardWriter(tmp_path / "second", (12, 12, 1), tiny_dataset.class_names, store) as writer:
+        writer.add(tiny_dataset.images, tiny_dataset.labels, content_hashes(tiny_dataset.images))
+    assert writer.reused == 0
+    assert snapshot(tmp_path / "first") == snapshot(tmp_path / "second")
