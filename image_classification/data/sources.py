@@ -53,8 +53,11 @@ CHUNK_SIZE = 512
 CHUNK_BYTES = 64 * 2**20
 # What to do with an .npz too large to read into memory.
 NPZ_TOO_LARGE_FIX = "convert it to an image folder, or split it into a smaller .npz"
-# Below this many files a process pool costs more to start than it saves.
-PARALLEL_THRESHOLD = 2000
+# Below this many files a process pool costs more to start than it saves: spawning two workers
+# that import NumPy and Pillow takes about a second, which decodes some 3,000 small PNG files.
+PARALLEL_THRESHOLD = 4000
+# Files whose decoding outcome prepare looks up (or decodes) at a time: bounds the per-file lists.
+DECODE_BATCH = 20_000
 # Top-level folder names that mark an already-split download rather than classes.
 SPLIT_FOLDER_NAMES = frozenset(
     {"train", "training", "test", "testing", "val", "valid", "validation", "dev", "eval", "evaluation"}
@@ -267,25 +270,34 @@ def load_image_folder(
     folder = str(root.resolve())
     listing = _list_files(root, scan, cache.listing(folder, tag), progress)
 
-    # Decode the images whose outcome the listing lacks; the cache may hold them under another name.
+    # Decode the images whose outcome the listing lacks (the cache may hold them under another
+    # name), a batch at a time: the keys and lists of a batch are all that memory holds per file.
     candidates = np.frombuffer(scan.candidates, dtype=np.int64)
-    unknown = [int(row) for row in candidates if listing.reasons[row] == -2]
-    keys = {row: decode_cache.file_key(listing.md5s[row].tobytes().hex(), scan.paths[row], tag) for row in unknown}
-    unreadable = {row: scan.errors[row] for row in unknown if row in scan.errors}
-    readable = [row for row in unknown if row not in unreadable]
-    missing = cache.missing([keys[row] for row in readable])
-    _decode_into(cache, root, [(scan.paths[readable[k]], keys[readable[k]]) for k in missing], spec, workers, progress)
-    reasons, hashes, flat = cache.outcomes([keys[row] for row in readable])
+    unknown = candidates[listing.reasons[candidates] == -2]
     texts = {text: index for index, text in enumerate(listing.reason_texts)}
-    found = [*zip(readable, reasons, strict=True)]
-    found += [(row, f"cannot read file: {why}") for row, why in unreadable.items()]
-    for row, reason in found:
-        listing.reasons[row] = -1 if reason is None else texts.setdefault(reason, len(texts))
+    bar = tqdm(total=len(unknown), desc="decoding images", unit="img", file=sys.stderr, disable=not progress, delay=2)
+    with bar, _Decoder(cache, root, spec, workers, bar) as decode:
+        for start in range(0, len(unknown), DECODE_BATCH):
+            batch = unknown[start : start + DECODE_BATCH].tolist()
+            for row in batch:
+                if row in scan.errors:
+                    listing.reasons[row] = texts.setdefault(f"cannot read file: {scan.errors[row]}", len(texts))
+            readable = [row for row in batch if row not in scan.errors]
+            hexes = listing.md5s[readable].tobytes().hex()
+            keys = [
+                decode_cache.file_key(hexes[32 * index : 32 * index + 32], scan.paths[row], tag)
+                for index, row in enumerate(readable)
+            ]
+            missing = cache.missing(keys)
+            decode([(scan.paths[readable[index]], keys[index]) for index in missing])
+            bar.update(len(batch) - len(missing))
+            reasons, hashes, flat = cache.outcomes(keys)
+            for row, reason in zip(readable, reasons, strict=True):
+                listing.reasons[row] = -1 if reason is None else texts.setdefault(reason, len(texts))
+            listing.hashes[readable] = hashes
+            listing.flat[readable] = flat
     listing.reason_texts = list(texts)
     _drop_unused_reasons(listing)
-    if readable:
-        listing.hashes[readable] = hashes
-        listing.flat[readable] = flat
     cache.remember_listing(folder, tag, listing)
 
     outcome = listing.reasons[candidates] if len(candidates) else np.zeros(0, np.int32)
@@ -383,18 +395,28 @@ class FolderScan:
 
     def _walk_entries(self, entries: list, prefix: str, class_index: int | None, hidden: bool) -> None:
         folders = []
+        # The loop runs once per file of folders of a million files: `_file` is inlined.
+        paths, stats, errors = self.paths, self.stats, self.errors
         for entry in entries:
             # os.walk's split: a link to a folder counts as a folder, and is not followed.
             if _is_folder(entry):
                 folders.append(entry)
                 continue
-            path = prefix + entry.name
-            position = self._file(entry, path)
+            name = entry.name
+            path = prefix + name
+            position = len(paths)
+            paths.append(path)
+            try:
+                info = entry.stat()
+                stats.extend((info.st_size, info.st_mtime_ns, info.st_ino))
+            except OSError as error:
+                stats.extend((0, 0, 0))
+                errors[position] = error.strerror or str(error)
             if hidden:
                 continue
-            if entry.name.startswith("."):
+            if name.startswith("."):
                 self.hidden += 1
-            elif images.named_like_image(entry.name) or images.looks_like_image(Path(entry.path)):
+            elif images.named_like_image(name) or images.looks_like_image(Path(entry.path)):
                 self.candidates.append(position)
                 self.candidate_class.append(class_index)
             else:
@@ -471,8 +493,8 @@ def _list_files(
         listing.reason_texts = list(previous.reason_texts)
         listing.hashes[matched] = previous.hashes[before[matched]]
         listing.flat[matched] = previous.flat[before[matched]]
-    same[list(scan.errors)] = False
-    changed = [row for row in np.flatnonzero(~same).tolist() if row not in scan.errors]
+    same[list(scan.errors)] = True  # not hashed: there is nothing to read
+    changed = np.flatnonzero(~same)
     bar = tqdm(changed, desc="hashing files", unit="file", file=sys.stderr, disable=not progress, leave=False, delay=2)
     base = str(root)
     for row in bar:
@@ -568,42 +590,52 @@ def index_images(root: Path, name: str = "") -> tuple[list[str], list[Problem], 
     return [scan.paths[row] for row in scan.candidates], scan.ignored, scan.hidden
 
 
-def _decode_into(
-    cache: decode_cache.DecodeCache,
-    root: Path,
-    work: Sequence[tuple[str, str]],
-    spec: images.ImageSpec,
-    workers: int,
-    progress: bool,
-) -> None:
-    """Decode each (path, key) of `work` and store it in `cache`, a chunk at a time, in `workers` processes."""
-    size = max(1, min(CHUNK_SIZE, CHUNK_BYTES // (spec.height * spec.width * spec.channels)))
-    chunks = [work[start : start + size] for start in range(0, len(work), size)]
-    decode = partial(_decode_chunk, str(root), spec)
-    bar = tqdm(
-        total=len(work), desc="decoding images", unit="img", file=sys.stderr, disable=not progress or not work, delay=2
-    )
-    with bar:
-        if workers > 1 and len(work) >= PARALLEL_THRESHOLD:
+class _Decoder:
+    """Decode (path, key) pairs into the cache a chunk at a time, in `workers` processes once the work is large.
+
+    The process pool starts on the first call with at least `PARALLEL_THRESHOLD` files to decode
+    and serves the later calls; below that, a pool costs more to start than it saves.
+    """
+
+    def __init__(
+        self, cache: decode_cache.DecodeCache, root: Path, spec: images.ImageSpec, workers: int, bar: tqdm
+    ) -> None:
+        self.cache = cache
+        self.decode = partial(_decode_chunk, str(root), spec)
+        self.chunk = max(1, min(CHUNK_SIZE, CHUNK_BYTES // (spec.height * spec.width * spec.channels)))
+        self.workers = workers
+        self.bar = bar
+        self.pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> _Decoder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def __call__(self, work: Sequence[tuple[str, str]]) -> None:
+        chunks = [work[start : start + self.chunk] for start in range(0, len(work), self.chunk)]
+        if self.pool is None and self.workers > 1 and len(work) >= PARALLEL_THRESHOLD:
             # Spawned workers start lean: forked ones would carry (and touch) the parent's file list.
             context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                # At most two chunks per worker in flight: decoded chunks never pile up in memory.
-                pending: collections.deque = collections.deque()
-                for chunk in chunks:
-                    pending.append(pool.submit(decode, chunk))
-                    if len(pending) >= 2 * workers:
-                        entries = pending.popleft().result()
-                        cache.store(entries)
-                        bar.update(len(entries))
-                while pending:
-                    entries = pending.popleft().result()
-                    cache.store(entries)
-                    bar.update(len(entries))
-        else:
-            for entries in map(decode, chunks):
-                cache.store(entries)
-                bar.update(len(entries))
+            self.pool = concurrent.futures.ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+        if self.pool is None:
+            for entries in map(self.decode, chunks):
+                self._store(entries)
+            return
+        # At most two chunks per worker in flight: decoded chunks never pile up in memory.
+        pending: collections.deque = collections.deque()
+        for chunk in chunks:
+            pending.append(self.pool.submit(self.decode, chunk))
+            if len(pending) >= 2 * self.workers:
+                self._store(pending.popleft().result())
+        while pending:
+            self._store(pending.popleft().result())
+
+    def _store(self, entries: list) -> None:
+        self.cache.store(entries)
+        self.bar.update(len(entries))
 
 
 def _decode_chunk(
