@@ -116,13 +116,23 @@ def measure_size(size: int, parent: Path, quick: bool) -> dict:
 
 def measure_rgb(size: int, parent: Path) -> dict:
     """One `dvc repro` of `size` generated 64x64 RGB PNG photos, 1 epoch of a small model (`RGB_PARAMS`)."""
+    _, wall, stages = repro_photos(parent, size, RGB_PARAMS, sides=(64, 65), suffix=".png")
+    return {"images": size, "repro_seconds": round(wall, 1), "stages": stages}
+
+
+def repro_photos(parent: Path, count: int, overrides: dict, **photo_options: object) -> tuple[Path, float, dict]:
+    """A project copy with `count` generated photos (`write_photos`) and the params `overrides`, through `dvc repro`.
+
+    Returns:
+        The copy's root, the wall seconds of `dvc repro`, and each stage's profile by name.
+    """
     root = pipeline.project_copy(parent)
     started = time.perf_counter()
-    write_photos(size, root / "data" / "raw", sides=(64, 65), suffix=".png")
-    logger.info("%d 64x64 RGB files written in %.0f s", size, time.perf_counter() - started)
+    write_photos(count, root / "data" / "raw", **photo_options)
+    logger.info("%d photos written in %.0f s", count, time.perf_counter() - started)
     params_path = root / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
-    for section, values in RGB_PARAMS.items():
+    for section, values in overrides.items():
         params[section].update(values)
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     profile = root / "stage-profile.jsonl"
@@ -130,7 +140,7 @@ def measure_rgb(size: int, parent: Path) -> dict:
     pipeline._dvc(root, pipeline.environment(STAGES_PROFILE=str(profile)), "repro")
     wall = time.perf_counter() - started
     stages = {record.pop("stage"): record for record in map(json.loads, profile.read_text().splitlines())}
-    return {"images": size, "repro_seconds": round(wall, 1), "stages": stages}
+    return root, wall, stages
 
 
 # The photo recipe (docs/data.md, "Photos"): what differs from params.yaml for RGB photos at 160x160.
@@ -197,20 +207,7 @@ def write_photos(
 
 def measure_photos(count: int, parent: Path) -> dict:
     """One `dvc repro` of the photo recipe on `count` generated photos."""
-    root = pipeline.project_copy(parent)
-    started = time.perf_counter()
-    write_photos(count, root / "data" / "raw")
-    logger.info("%d photos written in %.0f s", count, time.perf_counter() - started)
-    params_path = root / "params.yaml"
-    params = yaml.safe_load(params_path.read_text())
-    for section, values in PHOTO_RECIPE.items():
-        params[section].update(values)
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    profile = root / "stage-profile.jsonl"
-    started = time.perf_counter()
-    pipeline._dvc(root, pipeline.environment(STAGES_PROFILE=str(profile)), "repro")
-    wall = time.perf_counter() - started
-    stages = {record.pop("stage"): record for record in map(json.loads, profile.read_text().splitlines())}
+    root, wall, stages = repro_photos(parent, count, PHOTO_RECIPE)
     timing = artifacts.read_json(root / "reports" / "train" / "timing.json")
     return {
         "images": count,

@@ -503,7 +503,6 @@ def _list_files(
             listing.md5s[row] = np.frombuffer(bytes.fromhex(md5), np.uint8)
         except OSError as error:
             scan.errors[row] = error.strerror or str(error)
-        listing.reasons[row] = -2
     return listing
 
 
