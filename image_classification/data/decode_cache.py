@@ -109,11 +109,9 @@ def path_hashes(paths: Sequence[str]) -> np.ndarray:
     Two paths of one folder sharing a hash (odds about N**2 / 2**65) would also need the same
     size, modification time and inode to be taken for one another.
     """
-    hashes = np.empty(len(paths), dtype=np.uint64)
-    for row, path in enumerate(paths):
-        digest = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
-        hashes[row] = int.from_bytes(digest, "little")
-    return hashes
+    blake2b = hashlib.blake2b
+    digests = b"".join(blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest() for path in paths)
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
 
 
 def rules_tag(spec: images.ImageSpec) -> str:

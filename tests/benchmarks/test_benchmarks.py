@@ -162,6 +162,11 @@ def test_scale_benchmark_measures_every_stage_and_the_incremental_prepare(tmp_pa
     assert all(0 < stage["peak_rss_mib"] < 4096 for stage in row["stages"].values())
     assert row["incremental"]["new_files"] == 4
     assert 0 < row["incremental"]["shards_written"] <= row["incremental"]["shards"]
+    # One incremental prepare per repeat, each after 4 more new files; the figure reported is their median.
+    runs = row["incremental"]["runs"]
+    assert len(runs) == scale.INCREMENTAL_REPEATS
+    assert row["incremental"]["prepare_seconds"] in [run["seconds"] for run in runs]
+    assert all(0 < run["shards_written"] <= run["shards"] for run in runs)
     # The shards hold every file's 28x28x1 pixels.
     assert row["prepared_bytes"] > 400 * 28 * 28
     assert "| 400 |" in output.read_text()
