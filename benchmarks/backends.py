@@ -80,7 +80,7 @@ def measure(name: str, epochs: int, intra_op_threads: int, inter_op_threads: int
                 data.image_shape, len(data.class_names), len(train_rows), settings
             )
             # The data set-up is the benchmark's own, not a stage's: it is left out of the start-up.
-            startup = time.time() - profile.process_start_time() - data_seconds
+            startup = profile.seconds_since_start() - data_seconds
             timer = bench_training.EpochTimer()
             test_accuracy = bench_training.TestAccuracy(test_set, timer)
             training.fit(trainer, data, train_rows, validation_rows, settings, [timer, test_accuracy], verbose=0)

@@ -23,7 +23,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from benchmarks import hard_digits, pipeline, training
+from benchmarks import hard_digits, pipeline, scale, training
 from image_classification import artifacts
 from image_classification.config import TrainParams, load_params
 from image_classification.data import dataset as dataset_lib
@@ -220,6 +220,29 @@ def team_section(docs: Path) -> list[str]:
     return lines[:-1]
 
 
+def scale_section(docs: Path) -> list[str]:
+    """Section 7, from the figures `make bench-scale` wrote beside docs/scale.md.
+
+    Its sizes go to 600,000 images and take over an hour, so it runs as its own command; this
+    report repeats its memory table and headline figures and says when they were measured.
+    """
+    lines = ["", "## 7. Data at scale", ""]
+    figures_path = docs / "scale.json"
+    if not figures_path.is_file():
+        return [*lines, "Not measured: run `make bench-scale`."]
+    figures = json.loads(figures_path.read_text(encoding="utf-8"))
+    return [
+        *lines,
+        f"From `make bench-scale` ({figures['date']}, {figures['machine']}; [docs/scale.md](docs/scale.md) has "
+        "every figure and how the data is generated): peak resident memory of each stage (MiB) through "
+        "`dvc repro` on generated 28x28 PNG folders, 1 epoch.",
+        "",
+        *scale.memory_table(figures["sizes"]),
+        "",
+        *scale.headlines(figures),
+    ]
+
+
 def render(results: dict, command: str, figure_name: str) -> str:
     """The report as Markdown."""
     machine_info = results["machine"]
@@ -391,6 +414,7 @@ def render(results: dict, command: str, figure_name: str) -> str:
             f"{peak['theoretical'] / 1e9:.1f} GFLOP/s; the loop reaches {ceiling['fraction_of_theoretical']:.1%}."
         )
     lines += team_section(Path("docs"))
+    lines += scale_section(Path("docs"))
     levers = Path(__file__).with_name("levers.md")
     if levers.is_file():
         lines += ["", levers.read_text(encoding="utf-8").strip()]

@@ -235,6 +235,60 @@ def measure_photos(count: int, parent: Path) -> dict:
     }
 
 
+def memory_table(rows: list[dict]) -> list[str]:
+    """The peak resident memory (MiB) of every stage at each size, and the ratio of `RATIO_SIZES`."""
+    names = pipeline.STAGES
+    lines = ["| images | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for row in rows:
+        peaks = " | ".join(f"{row['stages'][name]['peak_rss_mib']:,.0f}" for name in names)
+        lines.append(f"| {row['images']:,} | {peaks} |")
+    by_size = {row["images"]: row for row in rows}
+    if len(rows) > 1:
+        first, last = (
+            (by_size[RATIO_SIZES[0]], by_size[RATIO_SIZES[1]]) if set(RATIO_SIZES) <= set(by_size) else rows[-2:]
+        )
+        ratios = " | ".join(
+            f"{last['stages'][name]['peak_rss_mib'] / first['stages'][name]['peak_rss_mib']:.2f}" for name in names
+        )
+        lines.append(f"| ratio {last['images']:,} / {first['images']:,} | {ratios} |")
+    return lines
+
+
+def headlines(results: dict) -> list[str]:
+    """One line each: training speed, incremental prepare, the RGB folders' growth, the photo recipe."""
+    rows = results["sizes"]
+    lines = [
+        "- Training images/s (1 epoch, streamed from the shards): "
+        + ", ".join(f"{row['train_images_per_second']:,.0f} at {row['images']:,}" for row in rows)
+        + ".",
+        "- Prepare after 1% new files, against a full prepare: "
+        + ", ".join(
+            f"{row['incremental']['fraction_of_full']:.1%} at {row['images']:,} "
+            f"({row['incremental']['shards_written']:,} of {row['incremental']['shards']:,} shards written again)"
+            for row in rows
+        )
+        + ".",
+    ]
+    rgb = results.get("rgb")
+    if rgb and len(rgb) > 1:
+        largest = [max(stage["peak_rss_mib"] for stage in row["stages"].values()) for row in rgb]
+        lines.append(
+            f"- 64x64 RGB PNG folders: the largest stage peaks at {largest[-1]:,.0f} MiB with {rgb[-1]['images']:,} "
+            f"images, {largest[-1] / largest[0]:.2f} times its {largest[0]:,.0f} MiB with {rgb[0]['images']:,}."
+        )
+    photos = results.get("photos")
+    if photos:
+        stage, peak = max(
+            ((name, record["peak_rss_mib"]) for name, record in photos["stages"].items()), key=lambda item: item[1]
+        )
+        lines.append(
+            f"- The photo recipe on {photos['images']:,} generated 160x160 photos: largest stage {stage} at "
+            f"{peak:,.0f} MiB, {photos['seconds_per_epoch']:,.0f} s per epoch, "
+            f"test accuracy {photos['test_accuracy']:.4f}."
+        )
+    return lines
+
+
 def render(results: dict) -> str:
     """The figures as a Markdown page."""
     rows = results["sizes"]
@@ -251,22 +305,8 @@ def render(results: dict) -> str:
         "",
         "## Peak resident memory per stage (MiB)",
         "",
-        "| images | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
-    for row in rows:
-        peaks = " | ".join(f"{row['stages'][name]['peak_rss_mib']:,.0f}" for name in names)
-        lines.append(f"| {row['images']:,} | {peaks} |")
-    by_size = {row["images"]: row for row in rows}
-    if len(rows) > 1:
-        first, last = (
-            (by_size[RATIO_SIZES[0]], by_size[RATIO_SIZES[1]]) if set(RATIO_SIZES) <= set(by_size) else rows[-2:]
-        )
-        ratios = " | ".join(
-            f"{last['stages'][name]['peak_rss_mib'] / first['stages'][name]['peak_rss_mib']:.2f}" for name in names
-        )
-        lines.append(f"| ratio {last['images']:,} / {first['images']:,} | {ratios} |")
-    lines += [
+        *memory_table(rows),
+        "",
         "",
         "## Time",
         "",

@@ -2,13 +2,17 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import backends, distributed, hard_digits, pipeline, run, scale, tracking, training
+from benchmarks import backends, distributed, dtype_policy, hard_digits, pipeline, run, scale, tracking, training
 from image_classification.config import BACKENDS, Params
 from image_classification.data import sources
 from image_classification.services.stack import Services
@@ -21,6 +25,7 @@ SECTIONS = (
     "## 4. Memory",
     "## 5. Hardware ceiling",
     "## 6. Teams and clusters",
+    "## 7. Data at scale",
 )
 
 
@@ -198,6 +203,21 @@ def test_generated_photos_have_ten_classes_of_varied_size(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
+def test_dtype_policy_benchmark_trains_each_policy_in_its_dtype(capsys: pytest.CaptureFixture[str]) -> None:
+    dtype_policy.main(["--images", "200", "--epochs", "2", "--digits-epochs", "2", "--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "`" in line]
+    assert [row.split(" | ")[1:3] for row in rows] == [
+        ["`float32`", "float32"],
+        ["`mixed_bfloat16`", "bfloat16"],
+    ] * 2
+    for row in rows:
+        speed, accuracy = row.split(" | ")[3:5]
+        assert float(speed.split()[0].replace(",", "")) > 0
+        assert 0 <= float(accuracy.split()[0]) <= 1
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+@pytest.mark.slow
 def test_backend_comparison_trains_each_backend_in_its_own_process(tmp_path: Path) -> None:
     output = tmp_path / "backend-comparison.md"
     backends.main(["--quick", "--max-images", "300", "--output", str(output)])
@@ -271,3 +291,39 @@ def test_report_repeats_the_team_figures_or_says_they_are_missing(tmp_path: Path
     assert "| split |" not in section  # no MLflow call on either store
     assert "**533 images/s against 711** for one process on the same cores (0.75 times)" in section
     assert "**90 ms of each 120 ms step** (75%)" in section
+
+
+def test_report_repeats_the_scale_figures_or_says_they_are_missing(tmp_path: Path) -> None:
+    assert run.scale_section(tmp_path)[-1] == "Not measured: run `make bench-scale`."
+
+    def stages(peak: float) -> dict:
+        return {name: {"peak_rss_mib": peak + index} for index, name in enumerate(pipeline.STAGES)}
+
+    def size(images: int, peak: float, fraction: float) -> dict:
+        incremental = {"fraction_of_full": fraction, "shards": 40, "shards_written": 4}
+        return {"images": images, "stages": stages(peak), "train_images_per_second": 2000.0, "incremental": incremental}
+
+    (tmp_path / "scale.json").write_text(json.dumps({
+        "date": "2026-12-02", "machine": "AMD EPYC, 2 cores",
+        "sizes": [size(60_000, 100.0, 0.104), size(600_000, 150.0, 0.074)],
+        "rgb": [{"images": 5_000, "stages": stages(1000.0)}, {"images": 50_000, "stages": stages(1100.0)}],
+        "photos": {"images": 20_000, "stages": stages(2000.0), "seconds_per_epoch": 432.1, "test_accuracy": 0.9547},
+    }))  # fmt: skip
+    section = "\n".join(run.scale_section(tmp_path))
+    assert "| 600,000 | 150 | 151 | 152 | 153 | 154 |" in section
+    assert "| ratio 600,000 / 60,000 | 1.50 | 1.50 | 1.49 | 1.49 | 1.48 |" in section
+    assert "10.4% at 60,000 (4 of 40 shards written again), 7.4% at 600,000" in section
+    assert "peaks at 1,104 MiB with 50,000 images, 1.10 times its 1,004 MiB with 5,000" in section
+    assert "largest stage export at 2,004 MiB, 432 s per epoch, test accuracy 0.9547" in section
+
+
+def test_process_age_is_within_the_time_its_parent_saw_it_live() -> None:
+    # The age comes from boot-relative clocks: one taken from the whole-second boot time of /proc/stat
+    # (psutil's create_time) is up to a second longer than the process has lived.
+    started = time.time()
+    child = subprocess.run(
+        [sys.executable, "-c", "from benchmarks import profile; print(profile.seconds_since_start())"],
+        capture_output=True, text=True, check=True, cwd=pipeline.PROJECT_ROOT,
+    )  # fmt: skip
+    lived = time.time() - started
+    assert 0 < float(child.stdout) <= lived
