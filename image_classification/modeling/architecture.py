@@ -87,13 +87,18 @@ def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | keras.op
     return keras.optimizers.schedules.CosineDecay(params.learning_rate, decay_steps)
 
 
-def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int) -> keras.Model:
+def compile_model(
+    model: keras.Model, params: TrainParams, steps_per_epoch: int, steps_per_execution: int = 1
+) -> keras.Model:
     """Compile the model that trains `model`: the same layers up to its logits, with the optimizer, loss and metric.
 
     The loss is computed from the logits (`from_logits=True`) on every backend. Keras' TensorFlow
     backend does so by itself behind a softmax output, but its JAX and PyTorch backends compute it
     from the probabilities clipped to [1e-7, 1 - 1e-7], where the gradient of a confidently wrong
     image is zero: on the embedded digits that cost 9 points of validation accuracy after 3 epochs.
+
+    `steps_per_execution` is Keras' own: training steps per call of the compiled train function. The
+    stages keep 1; `benchmarks.compile_options` measured more (16 halved the images per second).
 
     Returns:
         The compiled training model; its variables are `model`'s, so fitting it trains `model`.
@@ -131,6 +136,7 @@ def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int)
         loss=losses[params.loss](from_logits=True),
         metrics=[metric],
         jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
     )
     return trainer
 
