@@ -147,11 +147,14 @@ def write_shards(
                 bar.update(len(part))
         if store is not None:
             store.keep_only(writer.keys)
-        logger.info(
-            "wrote %d of %d shards, the others unchanged since the last prepare",
-            len(writer.keys) - writer.reused,
-            len(writer.keys),
-        )
+        if writer.reused:
+            logger.info(
+                "wrote %d of %d shards, the others unchanged since the last prepare",
+                len(writer.keys) - writer.reused,
+                len(writer.keys),
+            )
+        else:
+            logger.info("wrote %d shards", len(writer.keys))
         return writer.pixel_mean_std()
 
 

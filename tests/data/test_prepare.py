@@ -265,8 +265,13 @@ def test_an_incremental_prepare_equals_a_full_one(
     write_tree(raw, classes=3, per_class=8)
     (raw / "class_2" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     decoded = counting_decodes(monkeypatch)
+    caplog.set_level("INFO", logger=prepare.__name__)
     before = prepare.prepare_dataset(data_params(), tmp_path / "before", tmp_path / "s0.json", raw, 1, False, cache)
     assert len(decoded) == 25
+    # A first prepare has no earlier shards to speak of.
+    (first,) = [record.getMessage() for record in caplog.records if record.msg.startswith("wrote ")]
+    assert first == f"wrote {len(list((tmp_path / 'before').glob('images-*.npy')))} shards"
+    caplog.clear()
     extra = make_images(classes=3, per_class=2, seed=9)
     for row, image in enumerate(extra.images[:3]):
         (raw / "class_1" / f"new{row}.png").write_bytes(png(image[:, :, 0]))
@@ -274,7 +279,6 @@ def test_an_incremental_prepare_equals_a_full_one(
     removed.unlink()
     edited.write_bytes(png(extra.images[3, :, :, 0]))
     decoded.clear()
-    caplog.set_level("INFO", logger=prepare.__name__)
     statistics = prepare.prepare_dataset(
         data_params(), tmp_path / "incremental", tmp_path / "s1.json", raw, 1, False, cache
     )
