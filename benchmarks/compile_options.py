@@ -28,7 +28,7 @@ from pathlib import Path
 import keras
 
 from benchmarks import hard_digits, pipeline
-from benchmarks.training import EpochTimer, TestAccuracy, cpuinfo, write_shards
+from benchmarks import training as bench_training
 from image_classification.config import TrainParams, load_params
 from image_classification.data import dataset as dataset_lib
 from image_classification.data import sources, split
@@ -53,10 +53,10 @@ def train_once(
     runtime.configure_runtime(settings)
     keras.mixed_precision.set_global_policy(policy)  # after configure_runtime, which sets float32 on CPUs
     runtime.seed_everything(settings.seed)
-    timer = EpochTimer()
-    accuracy = TestAccuracy(test_set, timer)
+    timer = bench_training.EpochTimer()
+    accuracy = bench_training.TestAccuracy(test_set, timer)
     with tempfile.TemporaryDirectory(prefix="bench-dtype-") as folder:
-        data, (rows,) = write_shards(Path(folder), train_set)
+        data, (rows,) = bench_training.write_shards(Path(folder), train_set)
         model = architecture.build_model(data.image_shape, len(data.class_names), settings)
         steps = input_pipeline.steps_per_epoch(len(rows), settings.batch_size)
         trainer = architecture.compile_model(model, settings, steps, steps_per_execution)
@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
             hard["test"],
         ),
     }
-    flags = sorted(flag for flag in cpuinfo().get("flags", "").split() if "bf16" in flag or flag.startswith("amx"))
+    cpu_flags = bench_training.cpuinfo().get("flags", "").split()
+    flags = sorted(flag for flag in cpu_flags if "bf16" in flag or flag.startswith("amx"))
     lines = [
         f"CPU flags for bfloat16: {', '.join(flags) or 'none'}",
         "",
