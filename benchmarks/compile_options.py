@@ -72,7 +72,7 @@ def train_once(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.dtype_policy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compile_options", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=60_000, help="distorted digits of the larger set")
     parser.add_argument("--epochs", type=int, default=6, help="epochs on the larger set (the digits get train.epochs)")
     parser.add_argument("--digits-epochs", type=int, help="epochs on the embedded digits (default: train.epochs)")

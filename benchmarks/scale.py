@@ -307,7 +307,6 @@ def render(results: dict) -> str:
         "",
         *memory_table(rows),
         "",
-        "",
         "## Time",
         "",
         "| images | full `dvc repro` (s) | prepare (s) | training images/s | prepared dataset (MB) | "
