@@ -121,7 +121,8 @@ def validate_labels(labels: np.ndarray, class_names: Sequence[str], source: str 
             f"{where}{name} must lie in 0..{len(class_names) - 1} to index the {len(class_names)} class names, "
             f"got {labels.min()}..{labels.max()}"
         )
-    missing = sorted(set(range(len(class_names))) - set(np.unique(labels).tolist()))
+    counts = np.bincount(labels, minlength=len(class_names))
+    missing = np.flatnonzero(counts == 0).tolist()
     if missing:
         raise ValueError(f"{where}classes without images: {[class_names[index] for index in missing]}")
 
@@ -210,10 +211,9 @@ def summarize(
         std: standard deviation of the pixel values, or None for no images.
     """
     counts = np.bincount(labels, minlength=len(class_names))
-    first = duplicate_groups(hashes)
-    copies = first != np.arange(len(labels))
-    duplicates = int(copies.sum())
-    conflicting = int((labels[copies] != labels[first[copies]]).sum()) if duplicates else 0
+    sets = duplicate_sets(hashes)
+    duplicates = sum(len(rows) - 1 for rows in sets)
+    conflicting = sum(int((labels[rows[1:]] != labels[rows[0]]).sum()) for rows in sets)
     smallest, largest = (int(np.argmin(counts)), int(np.argmax(counts))) if len(counts) else (0, 0)
     return {
         "images": len(labels),
@@ -276,37 +276,46 @@ def content_hashes(images: np.ndarray) -> np.ndarray:
     return hashes
 
 
-def duplicate_groups(hashes: np.ndarray) -> np.ndarray:
-    """For each row, the first row with the same content hash (itself when it is the first): (N,) int64.
+# Rows whose hashes `duplicate_sets` sorts at a time: its memory beyond the hashes is a few bytes a row.
+SORTED_ROWS = 2**14
 
-    Sorts the hashes as two uint64 columns (a stable sort, so a group's first row comes first),
-    which takes about 40 bytes a row at its peak: `np.unique` on 16-byte void keys takes twice that.
+
+def duplicate_sets(hashes: np.ndarray) -> list[np.ndarray]:
+    """The rows of each set of two or more identical content hashes: ascending int64 arrays, ordered by first row.
+
+    The hashes are sorted a part at a time, each part the rows whose first byte falls in one range,
+    so that memory holds 2 bytes a row beyond the hashes and the sets, plus about 40 bytes a row of
+    one part (about `SORTED_ROWS` rows): 600,000 images need no 24 MB for a whole sort.
     """
     hashes = np.ascontiguousarray(hashes, dtype=np.uint8).reshape(len(hashes), HASH_BYTES)
-    if not len(hashes):
-        return np.zeros(0, dtype=np.int64)
-    keys = hashes.view(np.uint64)  # (N, 2)
-    order = np.lexsort((keys[:, 1], keys[:, 0]))
-    starts = np.ones(len(order), dtype=bool)
-    for column in range(keys.shape[1]):
-        ordered = keys[order, column]
-        starts[1:] &= ordered[1:] == ordered[:-1]
-        del ordered
-    np.logical_not(starts[1:], out=starts[1:])  # a group starts where a row differs from the one before
-    first = np.empty(len(order), dtype=np.int64)
-    first[order] = order[np.flatnonzero(starts)][np.cumsum(starts) - 1]
+    parts = min(256, -(-len(hashes) // SORTED_ROWS))
+    first_byte = hashes[:, 0]
+    found = []
+    for part in range(parts):
+        low, high = 256 * part // parts, 256 * (part + 1) // parts
+        # uint8 arithmetic wraps: first_byte - low < high - low holds for low <= first_byte < high only.
+        rows = np.arange(len(hashes)) if parts == 1 else np.flatnonzero(first_byte - np.uint8(low) < high - low)
+        keys = hashes[rows].view(np.uint64)  # (n, 2)
+        order = np.lexsort((keys[:, 1], keys[:, 0]))  # stable: a set's rows stay in row order
+        ordered = keys[order]
+        same = (ordered[1:] == ordered[:-1]).all(axis=1)  # row i + 1 repeats row i
+        starts = np.flatnonzero(same & ~np.concatenate([[False], same[:-1]]))
+        ends = np.flatnonzero(same & ~np.concatenate([same[1:], [False]])) + 2
+        found.extend(rows[order[start:end]] for start, end in zip(starts.tolist(), ends.tolist(), strict=True))
+    return sorted(found, key=lambda rows: int(rows[0]))
+
+
+def duplicate_groups(hashes: np.ndarray) -> np.ndarray:
+    """For each row, the first row with the same content hash (itself when it is the first): (N,) int64."""
+    first = np.arange(len(hashes), dtype=np.int64)
+    for rows in duplicate_sets(hashes):
+        first[rows] = rows[0]
     return first
 
 
 def conflicting_groups(labels: np.ndarray, hashes: np.ndarray) -> list[list[int]]:
     """Rows of identical images that carry more than one label, one list per image, in row order."""
-    first = duplicate_groups(hashes)
-    groups = []
-    for group in np.unique(first[first != np.arange(len(first))]):
-        rows = np.flatnonzero(first == group)
-        if len(np.unique(labels[rows])) > 1:
-            groups.append(rows.tolist())
-    return groups
+    return [rows.tolist() for rows in duplicate_sets(hashes) if len(np.unique(labels[rows])) > 1]
 
 
 def digest(*arrays: np.ndarray) -> str:

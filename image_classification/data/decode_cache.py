@@ -7,9 +7,11 @@ versions of the decoders, so the result is the one a prepare from scratch gives.
 cached with their reason, so a bad file is not decoded again either.
 
 The cache also keeps, per folder and decoding rules, the listing the last prepare made
-(`FolderListing`): each file's size, modification time and inode, as DVC keeps them, with its md5
-and what decoding it gave. A file whose size, time and inode have not changed is neither read nor
-looked up again: a prepare after a small change costs a walk of the folder, and the new files.
+(`ListingChunk`): each file's path, size, modification time and inode, as DVC keeps them, with its
+md5 and what decoding it gave, in chunks of consecutive files in the order of their paths. A file
+whose size, time and inode have not changed is neither read nor looked up again: a prepare after a
+small change costs a walk of the folder, and the new files. A listing is read and written a chunk
+at a time, so memory holds a few chunks of it whatever the folder's size.
 
 The cache lives outside DVC's outputs (dvc.yaml passes `cache/prepare/decoded.sqlite`); deleting it
 costs one full decode. SQLite serializes writers, so two experiments preparing at once share it
@@ -35,7 +37,7 @@ from image_classification.data.dataset import HASH_BYTES
 # Bump when decoding changes in a way the versions below do not show.
 CACHE_VERSION = 1
 # Bump when the tables change: a cache file of another schema is emptied.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # SQLite allows 32,766 parameters per statement; a few hundred keep the statements short.
 QUERY_ROWS = 500
 BUSY_TIMEOUT_SECONDS = 120
@@ -55,63 +57,70 @@ class Entry:
 
 
 @dataclass
-class FolderListing:
-    """Every file of a folder as a prepare found it, in its walk order: about 80 bytes a file.
+class ListingChunk:
+    """Consecutive files of a folder's listing, in the order of their relative paths.
 
     Attributes:
-        path_hashes: (N,) uint64 `path_hashes` of each file's path relative to the folder: the
-            paths themselves would take as much again.
-        stats: (N, 3) int64 size (bytes), modification time (ns) and inode.
-        md5s: (N, 16) uint8 md5 of each file's bytes.
-        reasons: (N,) int32 index in `reason_texts` of why a file was rejected; -1 for a decoded
-            image, -2 for a file prepare did not decode (not an image, or hidden).
-        reason_texts: the rejection reasons.
+        paths: each file's path relative to the folder.
+        stats: (N, 3) int64 size (bytes), modification time (ns) and inode; -1 for a file that
+            could not be read.
+        md5s: (N, 16) uint8 md5 of each file's bytes (zeros for a file that could not be read).
+        reasons: (N,) int32 index in the listing's reason texts of why a file was rejected; -1 for
+            a decoded image, -2 for a file prepare did not decode (not an image, or hidden).
         hashes: (N, 16) uint8 content hashes of the decoded images (zeros for others).
         flat: (N,) int16 flat values of the decoded images (`Entry.flat`).
     """
 
-    path_hashes: np.ndarray
+    paths: list[str]
     stats: np.ndarray
     md5s: np.ndarray
     reasons: np.ndarray
-    reason_texts: list[str]
     hashes: np.ndarray
     flat: np.ndarray
 
     ARRAYS: ClassVar[dict[str, str]] = {
-        "path_hashes": "<u8", "stats": "<i8", "md5s": "u1", "reasons": "<i4", "hashes": "u1", "flat": "<i2",
+        "stats": "<i8", "md5s": "u1", "reasons": "<i4", "hashes": "u1", "flat": "<i2",
     }  # fmt: skip
 
+    @classmethod
+    def empty(cls, paths: list[str]) -> ListingChunk:
+        """A chunk of `paths` that knows nothing of them yet: unread, not decoded."""
+        count = len(paths)
+        return cls(
+            paths,
+            np.full((count, 3), -1, np.int64),
+            np.zeros((count, 16), np.uint8),
+            np.full(count, -2, np.int32),
+            np.zeros((count, HASH_BYTES), np.uint8),
+            np.full(count, -1, np.int16),
+        )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
     def to_row(self) -> tuple:
-        """The listing as the values of a `listings` row after its folder and rules."""
+        """The chunk as the values of a `listing_chunks` row after its listing and position."""
+        paths = "\0".join(self.paths).encode("utf-8", "surrogateescape")
         blobs = (np.ascontiguousarray(getattr(self, name), dtype=dtype).data for name, dtype in self.ARRAYS.items())
-        return (len(self.path_hashes), json.dumps(self.reason_texts), *blobs)
+        return (len(self.paths), paths, *blobs)
 
     @classmethod
-    def from_row(cls, row: Sequence) -> FolderListing:
-        """A listing from the values `to_row` gave.
+    def from_row(cls, row: Sequence) -> ListingChunk:
+        """A chunk from the values `to_row` gave.
 
         Raises:
-            ValueError: arrays whose sizes disagree with the file count.
+            ValueError: paths or arrays whose sizes disagree with the file count.
         """
-        count, texts, *blobs = row
+        count, paths, *blobs = row
+        names = paths.decode("utf-8", "surrogateescape").split("\0") if count else []
+        if len(names) != count:
+            raise ValueError(f"{len(names)} paths for {count} files")
         shapes = {"stats": (count, 3), "md5s": (count, 16), "hashes": (count, HASH_BYTES)}
         arrays = {
             name: np.frombuffer(blob, dtype=dtype).reshape(shapes.get(name, (count,))).copy()
             for (name, dtype), blob in zip(cls.ARRAYS.items(), blobs, strict=True)
         }
-        return cls(reason_texts=json.loads(texts), **arrays)
-
-
-def path_hashes(paths: Sequence[str]) -> np.ndarray:
-    """A 64-bit BLAKE2b hash of each path, as (N,) uint64; a listing matches files by it.
-
-    Two paths of one folder sharing a hash (odds about N**2 / 2**65) would also need the same
-    size, modification time and inode to be taken for one another.
-    """
-    blake2b = hashlib.blake2b
-    digests = b"".join(blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest() for path in paths)
-    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+        return cls(names, **arrays)
 
 
 def rules_tag(spec: images.ImageSpec) -> str:
@@ -165,8 +174,13 @@ class DecodeCache:
                     "flat INTEGER, pixels BLOB)"
                 )
                 self._connection.execute(
-                    "CREATE TABLE IF NOT EXISTS listings (folder TEXT, rules TEXT, files INTEGER, reason_texts TEXT, "
-                    f"{', '.join(f'{name} BLOB' for name in FolderListing.ARRAYS)}, PRIMARY KEY (folder, rules))"
+                    "CREATE TABLE IF NOT EXISTS listings (id INTEGER PRIMARY KEY, folder TEXT, rules TEXT, "
+                    "complete INTEGER, reason_texts TEXT)"
+                )
+                self._connection.execute(
+                    "CREATE TABLE IF NOT EXISTS listing_chunks (listing INTEGER, position INTEGER, files INTEGER, "
+                    f"paths BLOB, {', '.join(f'{name} BLOB' for name in ListingChunk.ARRAYS)}, "
+                    "PRIMARY KEY (listing, position))"
                 )
         except sqlite3.DatabaseError as error:
             raise ValueError(
@@ -201,27 +215,76 @@ class DecodeCache:
         except sqlite3.DatabaseError as error:
             raise ValueError(f"{self.path}: cannot write the decoded-image cache ({error})") from None
 
-    def listing(self, folder: str, tag: str) -> FolderListing | None:
-        """The listing the last prepare of `folder` under rules `tag` left, or None."""
-        columns = ", ".join(["files", "reason_texts", *FolderListing.ARRAYS])
-        rows = self._query(f"SELECT {columns} FROM listings WHERE folder = ? AND rules = ?", [folder, tag])
+    def listing(self, folder: str, tag: str) -> tuple[int, list[str]] | None:
+        """The id and reason texts of the listing the last prepare of `folder` under rules `tag` completed, or None."""
+        rows = self._query(
+            "SELECT id, reason_texts FROM listings WHERE folder = ? AND rules = ? AND complete = 1 "
+            "ORDER BY id DESC LIMIT 1",
+            [folder, tag],
+        )
         if not rows:
             return None
         try:
-            return FolderListing.from_row(rows[0])
+            return rows[0][0], json.loads(rows[0][1])
         except (ValueError, TypeError) as error:
             raise ValueError(
                 f"{self.path}: unreadable decoded-image cache ({error}); delete it (prepare decodes every file again)"
             ) from None
 
-    def remember_listing(self, folder: str, tag: str, listing: FolderListing) -> None:
-        """Keep `listing` as the last of `folder` under rules `tag`."""
+    def start_listing(self, folder: str, tag: str) -> int:
+        """A new, incomplete listing of `folder` under rules `tag`, to write chunk by chunk: its id."""
         try:
             with self._connection:
-                values = (folder, tag, *listing.to_row())
-                self._connection.execute(
-                    f"INSERT OR REPLACE INTO listings VALUES ({', '.join('?' * len(values))})", values
+                cursor = self._connection.execute(
+                    "INSERT INTO listings (folder, rules, complete) VALUES (?, ?, 0)", (folder, tag)
                 )
+        except sqlite3.DatabaseError as error:
+            raise ValueError(f"{self.path}: cannot write the decoded-image cache ({error})") from None
+        return int(cursor.lastrowid)
+
+    def write_chunk(self, listing: int, position: int, chunk: ListingChunk) -> None:
+        """Keep `chunk` as the `position`-th chunk of `listing`."""
+        values = (listing, position, *chunk.to_row())
+        try:
+            with self._connection:
+                self._connection.execute(
+                    f"INSERT OR REPLACE INTO listing_chunks VALUES ({', '.join('?' * len(values))})", values
+                )
+        except sqlite3.DatabaseError as error:
+            raise ValueError(f"{self.path}: cannot write the decoded-image cache ({error})") from None
+
+    def chunk(self, listing: int, position: int) -> ListingChunk | None:
+        """The `position`-th chunk of `listing`, or None past its last."""
+        columns = ", ".join(["files", "paths", *ListingChunk.ARRAYS])
+        rows = self._query(
+            f"SELECT {columns} FROM listing_chunks WHERE listing = ? AND position = ?", [listing, position]
+        )
+        if not rows:
+            return None
+        try:
+            return ListingChunk.from_row(rows[0])
+        except (ValueError, TypeError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"{self.path}: unreadable decoded-image cache ({error}); delete it (prepare decodes every file again)"
+            ) from None
+
+    def complete_listing(self, listing: int, reason_texts: Sequence[str]) -> None:
+        """Mark `listing` complete, with the reason texts its chunks index, and forget its folder's older listings.
+
+        A listing another prepare started later is left alone: it completes, or is forgotten, in its turn.
+        """
+        try:
+            with self._connection:
+                self._connection.execute(
+                    "UPDATE listings SET complete = 1, reason_texts = ? WHERE id = ?",
+                    (json.dumps(list(reason_texts)), listing),
+                )
+                self._connection.execute(
+                    "DELETE FROM listings WHERE id < ? AND (folder, rules) IN "
+                    "(SELECT folder, rules FROM listings WHERE id = ?)",
+                    (listing, listing),
+                )
+                self._connection.execute("DELETE FROM listing_chunks WHERE listing NOT IN (SELECT id FROM listings)")
         except sqlite3.DatabaseError as error:
             raise ValueError(f"{self.path}: cannot write the decoded-image cache ({error})") from None
 

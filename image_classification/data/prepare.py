@@ -63,8 +63,9 @@ def prepare_dataset(
     """
     loaded = load(data, raw_dir, workers, progress, cache_path)
     dataset_lib.validate_labels(loaded.labels, loaded.class_names, loaded.version.path)
-    refuse_degenerate(loaded)
-    conflicting = conflicting_copies(loaded)
+    copies = dataset_lib.duplicate_sets(loaded.hashes)
+    refuse_degenerate(loaded, copies)
+    conflicting = conflicting_copies(loaded, copies)
     rejected = [*loaded.rejected, *conflicting]
     if rejected:
         first = rejected[0]
@@ -80,29 +81,36 @@ def prepare_dataset(
     for problem in loaded.ignored:
         if problem.file.endswith("/"):
             logger.warning("%s: %s", problem.file, problem.reason)
-    kept = np.arange(len(loaded), dtype=np.int64)
+    # The rows written, or None for all of them: the whole dataset's arrays are never copied.
+    kept = None
     if conflicting:
-        left_out = [row for rows in dataset_lib.conflicting_groups(loaded.labels, loaded.hashes) for row in rows]
-        kept = np.setdiff1d(kept, left_out)
+        left_out = [row for rows in copies if len(np.unique(loaded.labels[rows])) > 1 for row in rows.tolist()]
+        kept = np.setdiff1d(np.arange(len(loaded)), left_out)
         dataset_lib.validate_labels(
             loaded.labels[kept], loaded.class_names, f"{loaded.version.path} (without the images of two classes)"
         )
-    if data.max_images is not None and data.max_images < len(kept):
-        kept = kept[dataset_lib.stratified_sample(loaded.labels[kept], data.max_images, data.seed, loaded.class_names)]
+    if data.max_images is not None and data.max_images < (len(loaded) if kept is None else len(kept)):
+        labels = loaded.labels if kept is None else loaded.labels[kept]
+        sample = dataset_lib.stratified_sample(labels, data.max_images, data.seed, loaded.class_names)
+        kept = sample if kept is None else kept[sample]
         dataset_lib.validate_labels(
             loaded.labels[kept], loaded.class_names, f"{loaded.version.path} (data.max_images = {data.max_images})"
         )
+
+    def take(array: np.ndarray) -> np.ndarray:
+        return array if kept is None else array[kept]
+
     store = shards.ShardStore(cache_path.parent / SHARD_STORE) if cache_path is not None else None
     mean, std = write_shards(loaded, kept, output, progress, store)
     statistics = {
         "source": data.source,
         "data_version": loaded.version.to_json(),
         **dataset_lib.summarize(
-            loaded.labels[kept],
-            loaded.hashes[kept],
+            take(loaded.labels),
+            take(loaded.hashes),
             loaded.class_names,
             loaded.image_shape,
-            int((loaded.flat[kept] >= 0).sum()),
+            int((take(loaded.flat) >= 0).sum()),
             mean,
             std,
         ),
@@ -118,12 +126,12 @@ def prepare_dataset(
 
 def write_shards(
     loaded: sources.Loaded,
-    rows: np.ndarray,
+    rows: np.ndarray | None,
     output: Path,
     progress: bool = True,
     store: shards.ShardStore | None = None,
 ) -> tuple:
-    """Write `rows` of `loaded`, in order, as the prepared dataset at `output`, a bounded chunk at a time.
+    """Write `rows` of `loaded` (all when None), in order, as the prepared dataset at `output`, a chunk at a time.
 
     With a `store`, shards whose rows it holds already are linked from there without reading their
     pixels, and afterwards it keeps this dataset's shards only.
@@ -131,14 +139,15 @@ def write_shards(
     Returns:
         The pixel mean and standard deviation (0..255) of the rows written, or (None, None) for none.
     """
+    count = len(loaded) if rows is None else len(rows)
     chunk = max(1, READ_BYTES // int(np.prod(loaded.image_shape)))
     bar = tqdm(
-        total=len(rows), desc="writing shards", unit="img", file=sys.stderr, disable=not progress, leave=False, delay=2
+        total=count, desc="writing shards", unit="img", file=sys.stderr, disable=not progress, leave=False, delay=2
     )
     with bar, artifacts.atomic_path(output) as staged:
-        with shards.ShardWriter(staged, loaded.image_shape, loaded.class_names, store, len(rows)) as writer:
-            for start in range(0, len(rows), chunk):
-                part = rows[start : start + chunk]
+        with shards.ShardWriter(staged, loaded.image_shape, loaded.class_names, store, count) as writer:
+            for start in range(0, count, chunk):
+                part = np.arange(start, min(start + chunk, count)) if rows is None else rows[start : start + chunk]
                 writer.add_rows(
                     loaded.labels[part],
                     loaded.hashes[part],
@@ -158,14 +167,21 @@ def write_shards(
         return writer.pixel_mean_std()
 
 
-def conflicting_copies(loaded: sources.Loaded) -> list[sources.Problem]:
-    """One problem per image whose identical copy carries another label: such an image cannot be learned."""
+def conflicting_copies(loaded: sources.Loaded, copies: list[np.ndarray]) -> list[sources.Problem]:
+    """One problem per image whose identical copy carries another label: such an image cannot be learned.
+
+    Args:
+        loaded: the source's images.
+        copies: the rows of each set of identical images (`dataset.duplicate_sets`).
+    """
     problems = []
-    for rows in dataset_lib.conflicting_groups(loaded.labels, loaded.hashes):
-        for row in rows:
+    for rows in copies:
+        if len(np.unique(loaded.labels[rows])) < 2:
+            continue
+        for row in rows.tolist():
             others = ", ".join(
                 f"{loaded.describe(other)} ({loaded.class_names[loaded.labels[other]]})"
-                for other in rows
+                for other in rows.tolist()
                 if other != row
             )
             reason = f"the same image as {others}, under another class; an image with two labels cannot be learned"
@@ -173,8 +189,12 @@ def conflicting_copies(loaded: sources.Loaded) -> list[sources.Problem]:
     return problems
 
 
-def refuse_degenerate(loaded: sources.Loaded) -> None:
+def refuse_degenerate(loaded: sources.Loaded, copies: list[np.ndarray]) -> None:
     """Stop when the decoded images cannot train anything: most of them flat, or most of them copies.
+
+    Args:
+        loaded: the source's images.
+        copies: the rows of each set of identical images (`dataset.duplicate_sets`).
 
     Raises:
         ValueError: naming how many images, the first one concerned and what to check.
@@ -188,13 +208,12 @@ def refuse_degenerate(loaded: sources.Loaded) -> None:
             f"{loaded.describe(int(constant[0]))}); check the files, data.channels, and data.background (shapes of "
             "its colour on a transparent background vanish)"
         )
-    first = dataset_lib.duplicate_groups(loaded.hashes)
-    copies = np.flatnonzero(first != np.arange(count))
-    if len(copies) > count // 2:
-        row = int(copies[0])
+    repeated = sum(len(rows) - 1 for rows in copies)
+    if repeated > count // 2:
+        rows = min(copies, key=lambda rows: int(rows[1]))  # the set of the first row that copies another
         raise ValueError(
-            f"{len(copies)} of {count} images are exact copies of another after decoding (first: "
-            f"{loaded.describe(row)} = {loaded.describe(int(first[row]))}); check for copied files, and that "
+            f"{repeated} of {count} images are exact copies of another after decoding (first: "
+            f"{loaded.describe(int(rows[1]))} = {loaded.describe(int(rows[0]))}); check for copied files, and that "
             "data.image_height, data.image_width, data.channels and data.background keep what tells them apart"
         )
 

@@ -32,6 +32,7 @@ import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -198,7 +199,8 @@ class ShardWriter:
     one is incomplete. Shards end where `shard_ends` says, so the same rows (and `expected_rows`,
     which sets their minimum size, `shard_rows`) give the same files, however they are added.
     With a `store`, a shard whose content was written before is linked from there, and its pixels
-    are never read (`add_rows`). Pixel sums are kept as shards are written, for `pixel_mean_std`.
+    are never read (`add_rows`). Pixel sums are kept as shards are written, for `pixel_mean_std`;
+    labels and hashes go to files as rows come, so that memory holds no per-row array.
     """
 
     def __init__(
@@ -219,8 +221,8 @@ class ShardWriter:
         self._open_hashes: list[np.ndarray] = []
         self._filled = 0
         self._shards: list[ShardFile] = []
-        self._labels: list[np.ndarray] = []
-        self._hashes: list[np.ndarray] = []
+        # The labels' and hashes' bytes, written as rows come; `close` makes them `.npy` files.
+        self._columns: dict[str, BinaryIO] = {}
         self._sum = 0
         self._squares = 0
         self._keys: list[str] = []
@@ -229,11 +231,17 @@ class ShardWriter:
 
     def __enter__(self) -> ShardWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._columns = {name: _column_path(self.folder, name).open("wb") for name in (LABELS, HASHES)}
         return self
 
     def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        if kind is None:
-            self.close()
+        try:
+            if kind is None:
+                self.close()
+        finally:
+            for name, handle in self._columns.items():
+                handle.close()
+                _column_path(self.folder, name).unlink(missing_ok=True)
 
     def add(self, images: np.ndarray, labels: np.ndarray, hashes: np.ndarray) -> None:
         """Append (n, H, W, C) uint8 images with their (n,) labels and (n, 16) content hashes."""
@@ -247,8 +255,8 @@ class ShardWriter:
         `read` is called only for rows of shards the store does not hold, at most one shard at a time.
         """
         hashes = np.asarray(hashes, dtype=np.uint8).reshape(-1, HASH_BYTES)
-        self._labels.append(np.asarray(labels, dtype=np.int64))
-        self._hashes.append(hashes)
+        self._columns[LABELS].write(np.asarray(labels, dtype="<i8").tobytes())
+        self._columns[HASHES].write(hashes.tobytes())
         ends, filled = shard_ends(hashes, self._filled, self.fewest, self.most)
         start = 0
         for end in ends:
@@ -277,13 +285,15 @@ class ShardWriter:
     def close(self) -> None:
         if self._filled:
             self._write_open()
-        labels = np.concatenate(self._labels) if self._labels else np.zeros(0, np.int64)
-        hashes = np.concatenate(self._hashes) if self._hashes else np.zeros((0, HASH_BYTES), np.uint8)
         extras = {}
-        for name, array in ((LABELS, labels), (HASHES, hashes)):
+        for name, dtype, shape in ((LABELS, "<i8", (self.rows,)), (HASHES, "|u1", (self.rows, HASH_BYTES))):
+            self._columns[name].close()
             path = self.folder / name
-            np.save(path, array, allow_pickle=False)
-            extras[name] = _describe(path, len(array))
+            # The header `np.save` writes for this array, then its bytes: the same file, a block at a time.
+            with path.open("wb") as output, _column_path(self.folder, name).open("rb") as column:
+                np.lib.format.write_array_header_1_0(output, {"descr": dtype, "fortran_order": False, "shape": shape})
+                shutil.copyfileobj(column, output)
+            extras[name] = _describe(path, self.rows)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -560,6 +570,11 @@ def _listed(entry: dict) -> ShardFile:
     if Path(entry["file"]).name != entry["file"] or entry["file"] in ("", ".", ".."):
         raise ValueError(f"file {entry['file']!r} is not a file name inside the dataset's folder")
     return ShardFile(entry["file"], int(entry["rows"]), int(entry["bytes"]), entry["md5"])
+
+
+def _column_path(folder: Path, name: str) -> Path:
+    """Where a `ShardWriter` gathers the bytes of the column file `name` (hidden, removed at exit)."""
+    return folder / f".{name}.part"
 
 
 def _describe(path: Path, rows: int) -> ShardFile:

@@ -23,10 +23,11 @@ import sys
 import tempfile
 import weakref
 import zipfile
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -58,6 +59,10 @@ NPZ_TOO_LARGE_FIX = "convert it to an image folder, or split it into a smaller .
 PARALLEL_THRESHOLD = 4000
 # Files whose decoding outcome prepare looks up (or decodes) at a time: bounds the per-file lists.
 DECODE_BATCH = 20_000
+# Files a chunk of a folder's listing holds (`decode_cache.ListingChunk`): memory holds a few chunks.
+LISTING_CHUNK = 8192
+# Listing chunks `CachedImages` keeps after reading them: rows are read in order, a shard at a time.
+RECENT_CHUNKS = 2
 # Top-level folder names that mark an already-split download rather than classes.
 SPLIT_FOLDER_NAMES = frozenset(
     {"train", "training", "test", "testing", "val", "valid", "validation", "dev", "eval", "evaluation"}
@@ -83,37 +88,67 @@ class ArrayImages:
     def read(self, rows: np.ndarray) -> np.ndarray:
         return self.array[rows]
 
+    def name(self, row: int) -> str | None:
+        """The file of image `row`: None, an array's rows have none."""
+        return None
+
 
 class CachedImages:
     """Decoded images kept in the decoded-image cache, read a chunk of rows at a time.
 
-    Each row is a file: its name (for its suffix) and its (16,) uint8 md5 make its cache key under
-    the decoding rules `tag`. A cache made for this object alone (no `data/prepare` cache path given)
-    is deleted with it.
+    Row `i` is file `positions[i]` of a folder listing the cache keeps (`decode_cache.ListingChunk`,
+    `LISTING_CHUNK` files a chunk): its path (for its suffix) and md5 make its cache key under the
+    decoding rules `tag`, so memory holds 4 bytes a row. A cache made for this object alone (no
+    cache path given) is deleted with it.
     """
 
     def __init__(
         self,
         cache: decode_cache.DecodeCache,
-        names: Sequence[str],
-        md5s: np.ndarray,
+        listing: int,
+        positions: np.ndarray,
         tag: str,
         shape: tuple[int, int, int],
     ) -> None:
         self.cache = cache
-        self.names = names
-        self.md5s = md5s
+        self.listing = listing
+        self.positions = positions
         self.tag = tag
         self.shape = shape
+        # The listing chunks read last, with their md5s in hex: reads in row order reuse them.
+        self._recent: dict[int, tuple[decode_cache.ListingChunk, str]] = {}
 
     def read(self, rows: np.ndarray) -> np.ndarray:
+        """The (len(rows), H, W, C) uint8 pixels of `rows`.
+
+        Raises:
+            ValueError: the listing is gone from the cache (another prepare of the folder replaced it).
+        """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        hexes = self.md5s[rows].tobytes().hex()
-        keys = [
-            decode_cache.file_key(hexes[32 * position : 32 * position + 32], self.names[row], self.tag)
-            for position, row in enumerate(rows.tolist())
-        ]
+        keys = []
+        for position in self.positions[rows].tolist():
+            index, offset = divmod(position, LISTING_CHUNK)
+            chunk, hexes = self._chunk(index)
+            keys.append(decode_cache.file_key(hexes[32 * offset : 32 * offset + 32], chunk.paths[offset], self.tag))
         return self.cache.pixels(keys, self.shape)
+
+    def name(self, row: int) -> str:
+        """The file of image `row`, relative to the folder."""
+        index, offset = divmod(int(self.positions[row]), LISTING_CHUNK)
+        return self._chunk(index)[0].paths[offset]
+
+    def _chunk(self, index: int) -> tuple[decode_cache.ListingChunk, str]:
+        if index not in self._recent:
+            chunk = self.cache.chunk(self.listing, index)
+            if chunk is None:
+                raise ValueError(
+                    f"{self.cache.path}: another prepare of the same folder replaced this one's file listing "
+                    "while it ran; run prepare again"
+                )
+            if len(self._recent) >= RECENT_CHUNKS:
+                del self._recent[next(iter(self._recent))]
+            self._recent[index] = chunk, chunk.md5s.tobytes().hex()
+        return self._recent[index]
 
 
 @dataclass(frozen=True)
@@ -122,7 +157,7 @@ class Loaded:
 
     Attributes:
         images: `read(rows)` gives the (len(rows), H, W, C) uint8 pixels of rows.
-        labels: (N,) int64, indexing `class_names`.
+        labels: (N,) int64 (int32 for an image folder), indexing `class_names`.
         class_names: the classes, sorted as the source defines them.
         image_shape: (height, width, channels).
         hashes: (N, 16) uint8 content hashes (`dataset.content_hashes`).
@@ -131,7 +166,6 @@ class Loaded:
         rejected: image files that could not be used, with the reason.
         ignored: other entries left out, with the reason.
         hidden: how many hidden files and folders were skipped.
-        files: the file each row came from, relative to the source folder; empty for array sources.
     """
 
     images: ArrayImages | CachedImages
@@ -144,14 +178,19 @@ class Loaded:
     rejected: tuple[Problem, ...] = ()
     ignored: tuple[Problem, ...] = ()
     hidden: int = 0
-    files: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def describe(self, row: int) -> str:
         """Name image `row` for a message: its file, or its row in the source's arrays."""
-        return self.files[row] if self.files else f"image {row} of {self.version.path}"
+        name = self.images.name(row)
+        return f"image {row} of {self.version.path}" if name is None else name
+
+    def files(self) -> list[str]:
+        """The file of every row, relative to the source folder (empty for array sources): for small data and tests."""
+        names = [self.images.name(row) for row in range(len(self))]
+        return [] if None in names else names
 
     def materialize(self) -> Dataset:
         """Every image in one array: for small data and tests only, the pipeline never holds them all."""
@@ -242,13 +281,15 @@ def load_image_folder(
     (and listed in `ignored`). Hidden files and folders are skipped; symbolic links to folders are
     not followed, so a link loop cannot recurse; files that are not images by their extension and
     files directly in `root` are ignored. Files with an image extension that do not decode are
-    `rejected`, with the decoder's reason.
+    `rejected`, with the decoder's reason. Rows are the usable images in the order of their paths
+    relative to `root`.
 
     Decoded images go to the cache at `cache_path` (`decode_cache`), and only files it does not
     hold under the same rules are decoded; a file whose size, modification time and inode are those
     the cache's listing of `root` recorded is not even read. Without a path, a temporary cache lives
-    as long as the returned images. Memory holds one chunk of decoded images at a time, whatever
-    the folder's size.
+    as long as the returned images. The folder is walked, hashed, decoded and listed a chunk of
+    files at a time: memory holds a few chunks, and 30 bytes a usable image (its label, content
+    hash, flat value and place in the listing), whatever the folder's size.
 
     Raises:
         ValueError: `root` is not a folder, or its layout puts the class folders one level deeper
@@ -256,9 +297,6 @@ def load_image_folder(
     """
     _require_folder(root)
     check_layout(root)
-    scan = FolderScan()
-    scan.walk_root(str(root))
-
     temporary = None
     if cache_path is None:
         temporary = tempfile.TemporaryDirectory(prefix="decoded-images-")
@@ -267,48 +305,37 @@ def load_image_folder(
     if temporary is not None:
         weakref.finalize(cache, temporary.cleanup)
     tag = decode_cache.rules_tag(spec)
-    folder = str(root.resolve())
-    listing = _list_files(root, scan, cache.listing(folder, tag), progress)
-
-    # Decode the images whose outcome the listing lacks (the cache may hold them under another
-    # name), a batch at a time: the keys and lists of a batch are all that memory holds per file.
-    candidates = np.frombuffer(scan.candidates, dtype=np.int64)
-    unknown = candidates[listing.reasons[candidates] == -2]
-    texts = {text: index for index, text in enumerate(listing.reason_texts)}
-    bar = tqdm(total=len(unknown), desc="decoding images", unit="img", file=sys.stderr, disable=not progress, delay=2)
-    with bar, _Decoder(cache, root, spec, workers, bar) as decode:
-        for start in range(0, len(unknown), DECODE_BATCH):
-            batch = unknown[start : start + DECODE_BATCH].tolist()
-            for row in batch:
-                if row in scan.errors:
-                    listing.reasons[row] = texts.setdefault(f"cannot read file: {scan.errors[row]}", len(texts))
-            readable = [row for row in batch if row not in scan.errors]
-            hexes = listing.md5s[readable].tobytes().hex()
-            keys = [
-                decode_cache.file_key(hexes[32 * index : 32 * index + 32], scan.paths[row], tag)
-                for index, row in enumerate(readable)
-            ]
-            missing = cache.missing(keys)
-            decode([(scan.paths[readable[index]], keys[index]) for index in missing])
-            bar.update(len(batch) - len(missing))
-            reasons, hashes, flat = cache.outcomes(keys)
-            for row, reason in zip(readable, reasons, strict=True):
-                listing.reasons[row] = -1 if reason is None else texts.setdefault(reason, len(texts))
-            listing.hashes[readable] = hashes
-            listing.flat[readable] = flat
-    listing.reason_texts = list(texts)
-    _drop_unused_reasons(listing)
-    cache.remember_listing(folder, tag, listing)
-
-    outcome = listing.reasons[candidates] if len(candidates) else np.zeros(0, np.int32)
-    rejected = [
-        Problem(scan.paths[row], listing.reason_texts[reason])
-        for row, reason in zip(candidates.tolist(), outcome.tolist(), strict=True)
-        if reason >= 0
-    ]
-    kept = candidates[outcome == -1]
-    class_of = np.frombuffer(scan.candidate_class, dtype=np.int64)[outcome == -1] if len(candidates) else kept
-    used = sorted({scan.class_folders[index] for index in np.unique(class_of).tolist()})
+    scan = FolderScan()
+    listing = _Listing(cache, str(root.resolve()), tag)
+    digest = DirDigest()
+    rejected: list[Problem] = []
+    # Chunks wait here until a batch of their images is worth decoding: the process pool stays busy.
+    pending: list[tuple[decode_cache.ListingChunk, np.ndarray]] = []
+    waiting = 0
+    options = {"file": sys.stderr, "disable": not progress, "delay": 2}
+    listed = tqdm(desc="listing files", unit="file", leave=False, **options)
+    decoded = tqdm(desc="decoding images", unit="img", **options)
+    with (
+        tempfile.TemporaryFile(prefix="kept-images-") as kept_file,
+        listed,
+        decoded,
+        _Decoder(cache, root, spec, workers, decoded) as decode,
+    ):
+        kept = _KeptRows(kept_file)
+        for paths, fulls, classes in _chunked(scan.walk_root(str(root))):
+            chunk = listing.match(paths, fulls, classes)
+            digest.add(chunk)
+            listed.update(len(chunk))
+            pending.append((chunk, classes))
+            waiting += int(((classes >= 0) & (chunk.reasons == -2)).sum())
+            if waiting >= DECODE_BATCH:
+                _finish_chunks(pending, cache, decode, listing, kept, rejected)
+                pending, waiting = [], 0
+        _finish_chunks(pending, cache, decode, listing, kept, rejected)
+        positions, class_of, hashes, flat = kept.arrays()
+    listing.complete()
+    counts = np.bincount(class_of, minlength=len(scan.class_folders))
+    used = sorted(name for name, count in zip(scan.class_folders, counts.tolist(), strict=True) if count)
     ignored = list(scan.ignored)
     for name in scan.class_folders:
         if name not in used:
@@ -319,131 +346,189 @@ def load_image_folder(
                 else "no image file in it"
             )
             ignored.append(Problem(f"{name}/", f"class folder without a usable image ({why}); class left out"))
-    label_of_folder = np.array([used.index(name) if name in used else -1 for name in scan.class_folders], np.int64)
-    labels = label_of_folder[class_of] if len(kept) else np.zeros(0, np.int64)
-    version = DataVersion("image_folder", str(root), *_version_fields(scan, listing))
+    label_of_folder = np.array([used.index(name) if name in used else -1 for name in scan.class_folders], np.int32)
+    # Class folders become labels in place, a part at a time: no second array of every image.
+    for start in range(0, len(class_of), LISTING_CHUNK):
+        class_of[start : start + LISTING_CHUNK] = label_of_folder[class_of[start : start + LISTING_CHUNK]]
     shape = (spec.height, spec.width, spec.channels)
     return Loaded(
-        CachedImages(cache, [scan.paths[row] for row in kept], listing.md5s[kept], tag, shape),
-        labels,
+        CachedImages(cache, listing.id, positions, tag, shape),
+        class_of,
         tuple(used),
         shape,
-        listing.hashes[kept],
-        listing.flat[kept],
-        version,
+        hashes,
+        flat,
+        DataVersion("image_folder", str(root), digest.hexdigest(), digest.files, digest.bytes),
         tuple(rejected),
         tuple(ignored),
         scan.hidden,
-        tuple(scan.paths[row] for row in kept),
     )
 
 
-class FolderScan:
-    """One walk of a folder: every file DVC would hash, with its stat, and the image files among them.
+def _finish_chunks(
+    pending: Sequence[tuple[decode_cache.ListingChunk, np.ndarray]],
+    cache: decode_cache.DecodeCache,
+    decode: _Decoder,
+    listing: _Listing,
+    kept: _KeptRows,
+    rejected: list[Problem],
+) -> None:
+    """Give every image file of `pending` the outcome the cache holds, or decoding gives; keep the chunks.
 
-    Every file is visited with `os.scandir`, once: the walk costs one `stat` per file, the least
-    that can tell which files changed.
+    `pending` holds chunks with their (n,) classes, in walk order; each goes into the listing, its
+    usable images into `kept` and its rejected image files into `rejected`.
+    """
+    files = [
+        (chunk, offset)
+        for chunk, classes in pending
+        for offset in np.flatnonzero((classes >= 0) & (chunk.reasons == -2)).tolist()
+    ]
+    keys = [
+        decode_cache.file_key(chunk.md5s[offset].tobytes().hex(), chunk.paths[offset], listing.tag)
+        for chunk, offset in files
+    ]
+    missing = cache.missing(keys)
+    decode.bar.update(len(keys) - len(missing))
+    decode([(files[index][0].paths[files[index][1]], keys[index]) for index in missing])
+    reasons, hashes, flat = cache.outcomes(keys)
+    for (chunk, offset), reason, content_hash, value in zip(files, reasons, hashes, flat.tolist(), strict=True):
+        chunk.reasons[offset] = -1 if reason is None else listing.reason(reason)
+        chunk.hashes[offset] = content_hash
+        chunk.flat[offset] = value
+    for chunk, classes in pending:
+        kept.add(listing.write(chunk), chunk, classes, listing.texts, rejected)
+
+
+class _KeptRows:
+    """The usable images of a folder as its chunks are listed, gathered in a temporary file: 26 bytes an image.
+
+    Memory holds none of them until `arrays`, which allocates each array once, at its final size:
+    arrays grown as the walk goes would leave the allocator holding every size they passed through.
+    """
+
+    ROW = np.dtype([("position", "<u4"), ("class", "<i4"), ("hash", "u1", (HASH_BYTES,)), ("flat", "<i2")])
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.count = 0
+
+    def add(
+        self,
+        first: int,
+        chunk: decode_cache.ListingChunk,
+        classes: np.ndarray,
+        texts: Sequence[str],
+        rejected: list[Problem],
+    ) -> None:
+        """Keep the usable images of `chunk`, whose first file is `first` in the listing; add the rejected ones."""
+        candidates = classes >= 0
+        usable = np.flatnonzero(candidates & (chunk.reasons == -1))
+        rows = np.empty(len(usable), self.ROW)
+        rows["position"] = usable + first
+        rows["class"] = classes[usable]
+        rows["hash"] = chunk.hashes[usable]
+        rows["flat"] = chunk.flat[usable]
+        self.file.write(rows.tobytes())
+        self.count += len(usable)
+        for offset in np.flatnonzero(candidates & (chunk.reasons >= 0)).tolist():
+            rejected.append(Problem(chunk.paths[offset], texts[chunk.reasons[offset]]))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(N,) uint32 places in the listing and int32 class folders, (N, 16) uint8 hashes, (N,) int16 flat values."""
+        count = self.count
+        positions, classes = np.empty(count, np.uint32), np.empty(count, np.int32)
+        hashes, flat = np.empty((count, HASH_BYTES), np.uint8), np.empty(count, np.int16)
+        self.file.seek(0)
+        for start in range(0, count, LISTING_CHUNK):
+            stop = min(start + LISTING_CHUNK, count)
+            rows = np.frombuffer(self.file.read((stop - start) * self.ROW.itemsize), self.ROW)
+            positions[start:stop], classes[start:stop] = rows["position"], rows["class"]
+            hashes[start:stop], flat[start:stop] = rows["hash"], rows["flat"]
+        return positions, classes, hashes, flat
+
+
+class FolderScan:
+    """Walks of a folder in the order of its files' relative paths, the order DVC hashes them in.
+
+    Each folder's names are listed and sorted (a folder's name sorted as `name/`, which puts every
+    path in the order of `sorted(relative paths)`), then its files are yielded one at a time and its
+    sub-folders walked in their turn: memory holds the names of the folders being walked, whatever
+    the tree's size. Links to folders are not followed, as in `os.walk`; hidden files and folders
+    are walked (DVC hashes them) but never image files.
 
     Attributes:
-        paths: every file, relative to the folder, in walk order (a folder's files by name, then
-            its sub-folders by name), hidden ones and those of hidden folders included, as DVC hashes them.
-        stats: size, modification time in ns and inode of each path, flat (3 int64 a file: a list of
-            tuples would take 160 bytes a file); zeros for one that cannot be stat'ed.
-        errors: for the paths that cannot be stat'ed (a broken link) or read, the reason by position.
-        candidates: the positions in `paths` of the image files (`index_images`' rules).
-        candidate_class: the index in `class_folders` of each candidate's class folder.
-        class_folders: the top-level folders, sorted, hidden ones and links left out.
+        class_folders: the top-level folders `walk_root` met, in walk order, hidden ones and links left out.
         ignored: entries left out, with the reason; hidden: how many hidden entries were skipped.
     """
 
     def __init__(self) -> None:
-        self.paths: list[str] = []
-        self.stats = array.array("q")
-        self.errors: dict[int, str] = {}
-        self.candidates = array.array("q")
-        self.candidate_class = array.array("q")
         self.class_folders: list[str] = []
         self.ignored: list[Problem] = []
         self.hidden = 0
 
-    def walk_root(self, root: str) -> None:
-        """Walk a class-folder tree: files at the top are outside any class, each folder is a class."""
-        for entry in _sorted_entries(root):
-            if entry.name.startswith("."):
-                self.hidden += 1
-                if entry.is_dir(follow_symlinks=False):
-                    self._walk(entry, entry.name, None, hidden=True)
-                elif not _is_folder(entry):  # a link to a folder is not followed, as in os.walk
-                    self._file(entry, None)
-            elif entry.is_symlink() and _is_folder(entry):
-                self.ignored.append(Problem(entry.name, "symbolic link to a folder; not followed"))
-            elif entry.is_dir(follow_symlinks=False):
-                self.class_folders.append(entry.name)
-                self._walk(entry, entry.name, len(self.class_folders) - 1, hidden=False)
-            else:
-                self._file(entry, None)
-                self.ignored.append(
-                    Problem(entry.name, "file outside a class folder; images go in <class name>/ folders")
-                )
+    def walk_root(self, root: str) -> Iterator[tuple[str, str, int]]:
+        """Walk a class-folder tree: files at the top are outside any class, each folder is a class.
 
-    def walk_images(self, folder: str, prefix: str = "") -> None:
-        """Walk a folder whose image files, at any depth, are all candidates of class 0; paths start with `prefix`."""
-        self._walk_entries(_sorted_entries(folder), prefix, 0, hidden=False)
-
-    def _walk(self, entry: os.DirEntry, relative: str, class_index: int | None, hidden: bool) -> None:
-        self._walk_entries(_sorted_entries(entry.path), f"{relative}/", class_index, hidden)
-
-    def _walk_entries(self, entries: list, prefix: str, class_index: int | None, hidden: bool) -> None:
-        folders = []
-        # The loop runs once per file of folders of a million files: `_file` is inlined.
-        paths, stats, errors = self.paths, self.stats, self.errors
-        for entry in entries:
-            # os.walk's split: a link to a folder counts as a folder, and is not followed.
-            if _is_folder(entry):
-                folders.append(entry)
-                continue
-            name = entry.name
-            path = prefix + name
-            position = len(paths)
-            paths.append(path)
-            try:
-                info = entry.stat()
-                stats.extend((info.st_size, info.st_mtime_ns, info.st_ino))
-            except OSError as error:
-                stats.extend((0, 0, 0))
-                errors[position] = error.strerror or str(error)
-            if hidden:
-                continue
+        Yields:
+            (path relative to `root`, full path, class) for every file DVC would hash: class is the
+            index in `class_folders` of an image file's class folder, -1 for any other file.
+        """
+        for key in _sorted_names(root):
+            name = key.removesuffix("/")
+            full = f"{root}/{name}"
             if name.startswith("."):
                 self.hidden += 1
-            elif images.named_like_image(name) or images.looks_like_image(Path(entry.path)):
-                self.candidates.append(position)
-                self.candidate_class.append(class_index)
+                if key.endswith("/") and not os.path.islink(full):
+                    yield from self._walk(full, f"{name}/", -1, hidden=True)
+                elif not key.endswith("/"):  # a link to a folder is not followed, as in os.walk
+                    yield name, full, -1
+            elif key.endswith("/") and os.path.islink(full):
+                self.ignored.append(Problem(name, "symbolic link to a folder; not followed"))
+            elif key.endswith("/"):
+                self.class_folders.append(name)
+                yield from self._walk(full, f"{name}/", len(self.class_folders) - 1, hidden=False)
+            else:
+                yield name, full, -1
+                self.ignored.append(Problem(name, "file outside a class folder; images go in <class name>/ folders"))
+
+    def walk_images(self, folder: str, prefix: str = "") -> Iterator[tuple[str, str, int]]:
+        """Walk a folder whose image files, at any depth, are all of class 0; paths start with `prefix`."""
+        return self._walk(folder, prefix, 0, hidden=False)
+
+    def walk_all(self, folder: str) -> Iterator[tuple[str, str, int]]:
+        """Walk every file DVC would hash in `folder`, none of them an image file (class -1)."""
+        return self._walk(folder, "", -1, hidden=True)
+
+    def _walk(self, folder: str, prefix: str, class_index: int, hidden: bool) -> Iterator[tuple[str, str, int]]:
+        names = _sorted_names(folder)
+        names.reverse()
+        while names:
+            key = names.pop()  # each name is freed once walked: a folder of a million files shrinks as it goes
+            if key.endswith("/"):
+                name = key[:-1]
+                full, path = f"{folder}/{name}", prefix + name
+                if os.path.islink(full):
+                    if not hidden and not name.startswith("."):
+                        self.ignored.append(Problem(path, "symbolic link to a folder; not followed"))
+                    elif not hidden:
+                        self.hidden += 1
+                elif name.startswith(".") and not hidden:
+                    self.hidden += 1
+                    yield from self._walk(full, f"{path}/", class_index, hidden=True)
+                else:
+                    yield from self._walk(full, f"{path}/", class_index, hidden)
+                continue
+            full, path = f"{folder}/{key}", prefix + key
+            if hidden:
+                yield path, full, -1
+            elif key.startswith("."):
+                self.hidden += 1
+                yield path, full, -1
+            elif images.named_like_image(key) or images.looks_like_image(Path(full)):
+                yield path, full, class_index
             else:
                 self.ignored.append(Problem(path, "neither named nor encoded like an image file"))
-        for entry in folders:
-            path = prefix + entry.name
-            if entry.is_symlink():
-                if not hidden and not entry.name.startswith("."):
-                    self.ignored.append(Problem(path, "symbolic link to a folder; not followed"))
-                elif not hidden:
-                    self.hidden += 1
-            elif entry.name.startswith(".") and not hidden:
-                self.hidden += 1
-                self._walk(entry, path, class_index, hidden=True)
-            else:
-                self._walk(entry, path, class_index, hidden)
-
-    def _file(self, entry: os.DirEntry, path: str | None) -> int:
-        position = len(self.paths)
-        self.paths.append(entry.name if path is None else path)
-        try:
-            info = entry.stat()
-            self.stats.extend((info.st_size, info.st_mtime_ns, info.st_ino))
-        except OSError as error:
-            self.stats.extend((0, 0, 0))
-            self.errors[position] = error.strerror or str(error)
-        return position
+                yield path, full, -1
 
 
 def _is_folder(entry: os.DirEntry) -> bool:
@@ -454,81 +539,188 @@ def _is_folder(entry: os.DirEntry) -> bool:
         return False
 
 
-def _sorted_entries(folder: str) -> list:
+def _sorted_names(folder: str) -> list[str]:
+    """The names in `folder`, `/` after a folder's (or a link to one's), sorted: one string an entry."""
     with os.scandir(folder) as entries:
-        return sorted(entries, key=lambda entry: entry.name)
+        names = [f"{entry.name}/" if _is_folder(entry) else entry.name for entry in entries]
+    names.sort()
+    return names
 
 
-def _list_files(
-    root: Path, scan: FolderScan, previous: decode_cache.FolderListing | None, progress: bool
-) -> decode_cache.FolderListing:
-    """The listing of `scan`: what `previous` knew of each file unchanged since, md5s of the others.
+def _chunked(
+    walk: Iterator[tuple[str, str, int]], size: int | None = None
+) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
+    """A walk's files `size` (`LISTING_CHUNK`) at a time: relative paths, full paths and (n,) int32 classes."""
+    size = size or LISTING_CHUNK
+    paths: list[str] = []
+    fulls: list[str] = []
+    classes: list[int] = []
+    for path, full, class_index in walk:
+        paths.append(path)
+        fulls.append(full)
+        classes.append(class_index)
+        if len(paths) == size:
+            yield paths, fulls, np.array(classes, dtype=np.int32)
+            paths, fulls, classes = [], [], []
+    if paths:
+        yield paths, fulls, np.array(classes, dtype=np.int32)
 
-    A file is unchanged when its path, size, modification time and inode are those `previous`
-    recorded, the test DVC applies before hashing a file again. The others are read and hashed;
-    their decoding outcome is left unknown (reason -2).
+
+class _Listing:
+    """A folder's listing: the last prepare's, read a chunk at a time as the walk passes it, and this one's.
+
+    Both are in the order of the files' paths, so the last listing's files that can match a chunk
+    of the walk lie in the one or two of its chunks that span the same paths. Without a cache,
+    nothing is matched or kept: every file is read.
     """
-    count = len(scan.paths)
-    stats = np.frombuffer(scan.stats, dtype=np.int64).reshape(count, 3).copy()
-    listing = decode_cache.FolderListing(
-        decode_cache.path_hashes(scan.paths),
-        stats,
-        np.zeros((count, 16), np.uint8),
-        np.full(count, -2, np.int32),
-        [],
-        np.zeros((count, HASH_BYTES), np.uint8),
-        np.full(count, -1, np.int16),
-    )
-    same = np.zeros(count, dtype=bool)
-    if previous is not None and len(previous.path_hashes):
-        # Match by path hash: a sorted search, without a dictionary of every path.
-        order = np.argsort(previous.path_hashes, kind="stable")
-        at = np.minimum(np.searchsorted(previous.path_hashes, listing.path_hashes, sorter=order), len(order) - 1)
-        before = order[at]
-        matched = np.flatnonzero(previous.path_hashes[before] == listing.path_hashes)
-        matched = matched[(previous.stats[before[matched]] == stats[matched]).all(axis=1)]
-        same[matched] = True
-        listing.md5s[matched] = previous.md5s[before[matched]]
-        listing.reasons[matched] = previous.reasons[before[matched]]
-        listing.reason_texts = list(previous.reason_texts)
-        listing.hashes[matched] = previous.hashes[before[matched]]
-        listing.flat[matched] = previous.flat[before[matched]]
-    same[list(scan.errors)] = True  # not hashed: there is nothing to read
-    changed = np.flatnonzero(~same)
-    bar = tqdm(changed, desc="hashing files", unit="file", file=sys.stderr, disable=not progress, leave=False, delay=2)
-    base = str(root)
-    for row in bar:
-        try:
-            md5 = artifacts.file_md5(os.path.join(base, scan.paths[row]))
-            listing.md5s[row] = np.frombuffer(bytes.fromhex(md5), np.uint8)
-        except OSError as error:
-            scan.errors[row] = error.strerror or str(error)
-    return listing
+
+    def __init__(self, cache: decode_cache.DecodeCache | None, folder: str, tag: str) -> None:
+        self.cache = cache
+        self.tag = tag
+        previous = cache.listing(folder, tag) if cache is not None else None
+        self.previous, self.previous_texts = previous if previous is not None else (None, [])
+        self.id = cache.start_listing(folder, tag) if cache is not None else -1
+        self.texts: list[str] = []  # the reasons this listing's chunks index
+        self._text_index: dict[str, int] = {}
+        self._next = 0  # the next chunk of the last listing to read
+        self._window: list[decode_cache.ListingChunk] = []
+        self._known = decode_cache.ListingChunk.empty([])
+        self._index: dict[str, int] = {}
+        self._written = 0
+
+    def reason(self, text: str) -> int:
+        """The index of a rejection reason among this listing's texts."""
+        if text not in self._text_index:
+            self._text_index[text] = len(self.texts)
+            self.texts.append(text)
+        return self._text_index[text]
+
+    def match(self, paths: list[str], fulls: list[str], classes: np.ndarray) -> decode_cache.ListingChunk:
+        """The chunk of these files: what the last listing knew of each file unchanged since, md5s of the others.
+
+        A file is unchanged when its path, size, modification time and inode are those the last
+        listing recorded, the test DVC applies before hashing a file again. The others are read
+        and hashed; an image file's decoding outcome is then unknown (reason -2). A file that
+        cannot be stat'ed or read gets stats of -1, and an image file the reason.
+        """
+        chunk = decode_cache.ListingChunk.empty(paths)
+        stats = array.array("q")
+        errors: dict[int, str] = {}
+        for offset, full in enumerate(fulls):
+            try:
+                info = os.stat(full)
+                stats.extend((info.st_size, info.st_mtime_ns, info.st_ino))
+            except OSError as error:
+                stats.extend((-1, -1, -1))
+                errors[offset] = error.strerror or str(error)
+        chunk.stats = np.frombuffer(stats, dtype=np.int64).reshape(len(paths), 3).copy()
+        known = np.zeros(len(paths), dtype=bool)
+        if paths and self._slide(paths[0], paths[-1]):
+            index = self._index
+            found = np.fromiter((index.get(path, -1) for path in paths), dtype=np.int64, count=len(paths))
+            rows = np.flatnonzero(found >= 0)
+            before = found[rows]
+            same = (self._known.stats[before] == chunk.stats[rows]).all(axis=1) & (chunk.stats[rows, 0] >= 0)
+            rows, before = rows[same], before[same]
+            known[rows] = True
+            chunk.md5s[rows] = self._known.md5s[before]
+            reasons = self._known.reasons[before]
+            for position in np.flatnonzero(reasons >= 0).tolist():
+                reasons[position] = self.reason(self.previous_texts[reasons[position]])
+            chunk.reasons[rows] = reasons
+            chunk.hashes[rows] = self._known.hashes[before]
+            chunk.flat[rows] = self._known.flat[before]
+        for offset in np.flatnonzero(~known).tolist():
+            if offset in errors:
+                continue
+            try:
+                chunk.md5s[offset] = np.frombuffer(bytes.fromhex(artifacts.file_md5(fulls[offset])), np.uint8)
+            except OSError as error:
+                errors[offset] = error.strerror or str(error)
+        for offset, error in errors.items():
+            chunk.stats[offset] = -1
+            if classes[offset] >= 0:
+                chunk.reasons[offset] = self.reason(f"cannot read file: {error}")
+        return chunk
+
+    def write(self, chunk: decode_cache.ListingChunk) -> int:
+        """Keep `chunk` as the next of this listing; the position of its first file in the listing."""
+        first = self._written * LISTING_CHUNK
+        if self.cache is not None:
+            self.cache.write_chunk(self.id, self._written, chunk)
+        self._written += 1
+        return first
+
+    def complete(self) -> None:
+        """Make this listing the one the next prepare of the folder reads."""
+        if self.cache is not None:
+            self.cache.complete_listing(self.id, self.texts)
+
+    def _slide(self, first: str, last: str) -> bool:
+        """Hold the last listing's chunks that may hold paths from `first` to `last`; whether it has any."""
+        changed = False
+        while self._window and self._window[0].paths[-1] < first:
+            self._window.pop(0)
+            changed = True
+        while self.previous is not None and (not self._window or self._window[-1].paths[-1] < last):
+            chunk = self.cache.chunk(self.previous, self._next)
+            if chunk is None:
+                self.previous = None
+                break
+            self._next += 1
+            if chunk.paths[-1] >= first:
+                self._window.append(chunk)
+                changed = True
+        if changed:
+            window = self._window
+            self._known = decode_cache.ListingChunk(
+                [path for chunk in window for path in chunk.paths],
+                *(
+                    np.concatenate([getattr(chunk, name) for chunk in window])
+                    if window
+                    else getattr(decode_cache.ListingChunk.empty([]), name)
+                    for name in decode_cache.ListingChunk.ARRAYS
+                ),
+            )
+            self._index = {path: position for position, path in enumerate(self._known.paths)}
+        return bool(self._window)
 
 
-def _drop_unused_reasons(listing: decode_cache.FolderListing) -> None:
-    """Keep only the reason texts some file still has, so a listing does not grow with every prepare."""
-    used, inverse = np.unique(listing.reasons[listing.reasons >= 0], return_inverse=True)
-    listing.reasons[listing.reasons >= 0] = inverse.reshape(-1)
-    listing.reason_texts = [listing.reason_texts[index] for index in used.tolist()]
-
-
-def dir_digest(paths: Sequence[str], md5s: np.ndarray, left_out: Collection[int] = ()) -> str:
-    """The md5 DVC records for a folder (`<md5>.dir`) whose files are `paths` with (N, 16) uint8 `md5s`.
+class DirDigest:
+    """The md5 DVC records for a folder (`<md5>.dir`), fed its files in the order of their relative paths.
 
     DVC hashes the JSON list of `{"md5", "relpath"}` sorted by relative path; this writes the same
-    bytes (`json.dumps(entries, sort_keys=True)`) a file at a time. Positions in `left_out` (files
-    that could not be read) are not listed.
+    bytes (`json.dumps(entries, sort_keys=True)`) a chunk of files at a time. Files that could not
+    be read (stats of -1) are not listed, as DVC leaves them out.
+
+    Attributes:
+        files: how many files the digest covers; bytes: their total size.
     """
-    digest = hashlib.md5(b"[", usedforsecurity=False)
-    order = sorted((row for row in range(len(paths)) if row not in left_out), key=paths.__getitem__)
-    hexes = md5s.tobytes().hex()
-    for count, row in enumerate(order):
-        md5 = hexes[32 * row : 32 * row + 32]
-        relpath = json.encoder.encode_basestring_ascii(paths[row])  # what json.dumps gives a string
-        digest.update(f'{", " if count else ""}{{"md5": "{md5}", "relpath": {relpath}}}'.encode())
-    digest.update(b"]")
-    return digest.hexdigest() + ".dir"
+
+    def __init__(self) -> None:
+        self._md5 = hashlib.md5(b"[", usedforsecurity=False)
+        self.files = 0
+        self.bytes = 0
+
+    def add(self, chunk: decode_cache.ListingChunk) -> None:
+        """Add the next files, which follow every file added so far in path order."""
+        readable = np.flatnonzero(chunk.stats[:, 0] >= 0)
+        hexes = chunk.md5s.tobytes().hex()
+        encode = json.encoder.encode_basestring_ascii  # what json.dumps gives a string
+        entries = ", ".join(
+            f'{{"md5": "{hexes[32 * row : 32 * row + 32]}", "relpath": {encode(chunk.paths[row])}}}'
+            for row in readable.tolist()
+        )
+        if entries:
+            self._md5.update(f"{', ' if self.files else ''}{entries}".encode())
+        self.files += len(readable)
+        self.bytes += int(chunk.stats[readable, 0].sum())
+
+    def hexdigest(self) -> str:
+        """The digest of the files added so far: 32 hex digits and `.dir`."""
+        digest = self._md5.copy()
+        digest.update(b"]")
+        return digest.hexdigest() + ".dir"
 
 
 def check_layout(root: Path) -> None:
@@ -585,8 +777,9 @@ def index_images(root: Path, name: str = "") -> tuple[list[str], list[Problem], 
         The image files, the skipped entries with the reason, and how many hidden entries there were.
     """
     scan = FolderScan()
-    scan.walk_images(str(root / name), f"{name}/" if name else "")
-    return [scan.paths[row] for row in scan.candidates], scan.ignored, scan.hidden
+    walk = scan.walk_images(str(root / name), f"{name}/" if name else "")
+    found = [path for path, _, class_index in walk if class_index >= 0]
+    return found, scan.ignored, scan.hidden
 
 
 class _Decoder:
@@ -653,23 +846,15 @@ def _decode_chunk(
 
 
 def folder_digest(root: Path) -> tuple[str, int, int]:
-    """The md5 `dvc add` records for a folder (`<md5>.dir`), its file count and total bytes.
+    """The md5 `dvc add` records for a folder (`<md5>.dir`), its file count and total bytes (`DirDigest`).
 
-    DVC hashes every file (hidden ones too) by the md5 of its bytes, then hashes the JSON list of
-    `{"md5", "relpath"}` sorted by relative path (`dir_digest`). Links to folders are not followed,
-    and files that cannot be read are left out, as DVC leaves them.
+    Links to folders are not followed, and files that cannot be read are left out, as DVC leaves them.
     """
-    scan = FolderScan()
-    scan.walk_root(str(root))
-    listing = _list_files(root, scan, None, progress=False)
-    return _version_fields(scan, listing)
-
-
-def _version_fields(scan: FolderScan, listing: decode_cache.FolderListing) -> tuple[str, int, int]:
-    readable = np.ones(len(scan.paths), dtype=bool)
-    readable[list(scan.errors)] = False
-    size = int(listing.stats[readable, 0].sum()) if len(readable) else 0
-    return dir_digest(scan.paths, listing.md5s, scan.errors), int(readable.sum()), size
+    listing = _Listing(None, "", "")
+    digest = DirDigest()
+    for paths, fulls, classes in _chunked(FolderScan().walk_all(str(root))):
+        digest.add(listing.match(paths, fulls, classes))
+    return digest.hexdigest(), digest.files, digest.bytes
 
 
 def load_npz(root: Path, spec: images.ImageSpec) -> Loaded:

@@ -332,3 +332,22 @@ def test_process_age_is_within_the_time_its_parent_saw_it_live() -> None:
     )  # fmt: skip
     lived = time.time() - started
     assert 0 < float(child.stdout) <= lived
+
+
+def test_photo_figures_carried_from_an_earlier_run_keep_their_date(tmp_path: Path) -> None:
+    stages = {name: {"peak_rss_mib": 2000.0} for name in pipeline.STAGES}
+    photos = {"images": 20_000, "stages": stages, "seconds_per_epoch": 432.1, "test_accuracy": 0.9547,
+              "repro_seconds": 2063.0, "raw_bytes": 882e6, "prepared_bytes": 1537e6}  # fmt: skip
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"date": "2026-11-30", "photos": photos}))
+    carried = scale.carried_photos(earlier)
+    assert carried == {"date": "2026-11-30", **photos}
+    page = scale.render({"date": "2026-12-02", "machine": "AMD EPYC, 2 cores", "sizes": [], "photos": carried})
+    assert "Measured 2026-11-30. 20,000 generated JPEG photos" in page
+    assert "Measured 2026-12-02 on AMD EPYC, 2 cores" in page
+    # Measured in the same run, the photos carry that run's date.
+    assert "Measured 2026-12-02. 20,000" in scale.render({"date": "2026-12-02", "machine": "x", "sizes": [],
+                                                          "photos": {**photos, "date": "2026-12-02"}})  # fmt: skip
+    (tmp_path / "none.json").write_text(json.dumps({"date": "2026-11-30", "sizes": []}))
+    with pytest.raises(ValueError, match=r"none\.json holds no photo-recipe figures$"):
+        scale.carried_photos(tmp_path / "none.json")

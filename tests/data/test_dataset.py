@@ -176,7 +176,9 @@ def test_summarize_counts_copies_and_conflicts(tiny_dataset: Dataset) -> None:
     }
 
 
-def test_duplicate_groups_match_numpys_unique_on_many_rows() -> None:
+@pytest.mark.parametrize("sorted_rows", [dataset_lib.SORTED_ROWS, 64])  # one sort; a sort per part of 64 rows
+def test_duplicate_groups_match_numpys_unique_on_many_rows(sorted_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dataset_lib, "SORTED_ROWS", sorted_rows)
     rng = np.random.default_rng(4)
     hashes = rng.integers(0, 256, (5000, 16), dtype=np.uint8)
     copies = rng.integers(0, 5000, (800, 2))

@@ -108,50 +108,89 @@ def test_a_file_that_is_not_a_cache_says_to_delete_it(tmp_path: Path) -> None:
         decode_cache.DecodeCache(path)
 
 
-def a_listing(count: int) -> decode_cache.FolderListing:
+def a_chunk(count: int) -> decode_cache.ListingChunk:
     rng = np.random.default_rng(count)
-    return decode_cache.FolderListing(
-        decode_cache.path_hashes([f"class_{row % 2}/{row}.png" for row in range(count)]),
+    paths = ["class_0/é.png", "class_0/\udcff.png", "class_1/a b.png", "class_1/x.txt", "z.png"][:count]
+    return decode_cache.ListingChunk(
+        paths,  # "\udcff" is a byte that is not UTF-8 on disk
         rng.integers(0, 2**40, (count, 3)),
         rng.integers(0, 256, (count, 16), dtype=np.uint8),
         np.array([-1, 0, -2, 1, -1][:count], dtype=np.int32),
-        ["not an image", "cannot read file: x"],
         rng.integers(0, 256, (count, 16), dtype=np.uint8),
         np.array([-1, 7, -1, -1, 255][:count], dtype=np.int16),
     )
 
 
-def test_a_listing_reads_back_per_folder_and_rules(tmp_path: Path) -> None:
-    listing = a_listing(5)
-    with decode_cache.DecodeCache(tmp_path / "decoded.sqlite") as cache:
+def assert_same_chunk(found: decode_cache.ListingChunk, expected: decode_cache.ListingChunk) -> None:
+    assert found.paths == expected.paths
+    for name in decode_cache.ListingChunk.ARRAYS:
+        assert np.array_equal(getattr(found, name), getattr(expected, name)), name
+        assert getattr(found, name).dtype == getattr(expected, name).dtype, name
+
+
+def test_a_listing_reads_back_chunk_by_chunk_per_folder_and_rules(tmp_path: Path) -> None:
+    path = tmp_path / "decoded.sqlite"
+    with decode_cache.DecodeCache(path) as cache:
         assert cache.listing("/data/raw", "rules") is None
-        cache.remember_listing("/data/raw", "rules", listing)
-        cache.remember_listing("/data/raw", "other rules", a_listing(3))
-    with decode_cache.DecodeCache(tmp_path / "decoded.sqlite") as cache:
-        again = cache.listing("/data/raw", "rules")
-        assert len(cache.listing("/data/raw", "other rules").md5s) == 3
+        listing = cache.start_listing("/data/raw", "rules")
+        cache.write_chunk(listing, 0, a_chunk(5))
+        cache.write_chunk(listing, 1, a_chunk(1))
+        assert cache.listing("/data/raw", "rules") is None  # not complete yet
+        cache.complete_listing(listing, ["not an image", "cannot read file: x"])
+        other = cache.start_listing("/data/raw", "other rules")
+        cache.write_chunk(other, 0, a_chunk(3))
+        cache.complete_listing(other, [])
+    with decode_cache.DecodeCache(path) as cache:
+        assert cache.listing("/data/raw", "rules") == (listing, ["not an image", "cannot read file: x"])
+        assert_same_chunk(cache.chunk(listing, 0), a_chunk(5))
+        assert_same_chunk(cache.chunk(listing, 1), a_chunk(1))
+        assert cache.chunk(listing, 2) is None
+        assert len(cache.chunk(cache.listing("/data/raw", "other rules")[0], 0)) == 3
         assert cache.listing("/elsewhere", "rules") is None
-    for name in decode_cache.FolderListing.ARRAYS:
-        assert np.array_equal(getattr(again, name), getattr(listing, name)), name
-        assert getattr(again, name).dtype == getattr(listing, name).dtype, name
-    assert again.reason_texts == listing.reason_texts
 
 
-def test_path_hashes_are_stable_and_tell_paths_apart() -> None:
-    paths = ["a/1.png", "a/2.png", "b/1.png", "é/ü.png", "a/\udcff.png"]  # the last one is not UTF-8 on disk
-    hashes = decode_cache.path_hashes(paths)
-    assert hashes.dtype == np.uint64
-    assert len(set(hashes.tolist())) == len(paths)
-    assert np.array_equal(decode_cache.path_hashes(paths[::-1]), hashes[::-1])
-    assert decode_cache.path_hashes([]).shape == (0,)
+def test_completing_a_listing_forgets_the_older_ones_of_its_folder_only(tmp_path: Path) -> None:
+    with decode_cache.DecodeCache(tmp_path / "decoded.sqlite") as cache:
+        old = cache.start_listing("/data/raw", "rules")
+        cache.write_chunk(old, 0, a_chunk(2))
+        cache.complete_listing(old, [])
+        elsewhere = cache.start_listing("/elsewhere", "rules")
+        cache.write_chunk(elsewhere, 0, a_chunk(2))
+        cache.complete_listing(elsewhere, [])
+        new = cache.start_listing("/data/raw", "rules")
+        later = cache.start_listing("/data/raw", "rules")  # another prepare, started after this one
+        cache.write_chunk(later, 0, a_chunk(4))
+        cache.write_chunk(new, 0, a_chunk(3))
+        assert cache.listing("/data/raw", "rules") == (old, [])  # the new one is not complete yet
+        cache.complete_listing(new, ["x"])
+        assert cache.listing("/data/raw", "rules") == (new, ["x"])
+        assert cache.chunk(old, 0) is None
+        assert len(cache.chunk(later, 0)) == 4
+        assert len(cache.chunk(elsewhere, 0)) == 2
+        cache.complete_listing(later, [])
+        assert cache.listing("/data/raw", "rules") == (later, [])
+        assert cache.chunk(new, 0) is None
+
+
+def test_an_empty_chunk_reads_back_empty(tmp_path: Path) -> None:
+    with decode_cache.DecodeCache(tmp_path / "decoded.sqlite") as cache:
+        listing = cache.start_listing("/data/raw", "rules")
+        cache.write_chunk(listing, 0, decode_cache.ListingChunk.empty([]))
+        assert_same_chunk(cache.chunk(listing, 0), decode_cache.ListingChunk.empty([]))
 
 
 def test_a_damaged_listing_says_to_delete_the_cache(tmp_path: Path) -> None:
     path = tmp_path / "decoded.sqlite"
     with decode_cache.DecodeCache(path) as cache:
-        cache.remember_listing("/data/raw", "rules", a_listing(5))
+        listing = cache.start_listing("/data/raw", "rules")
+        cache.write_chunk(listing, 0, a_chunk(5))
         with cache._connection:
-            cache._connection.execute("UPDATE listings SET md5s = ?", (b"short",))
+            cache._connection.execute("UPDATE listing_chunks SET md5s = ?", (b"short",))
         expected = rf"^{re.escape(str(path))}: unreadable decoded-image cache \([^\n]*\); delete it [^\n]*$"
         with pytest.raises(ValueError, match=expected):
-            cache.listing("/data/raw", "rules")
+            cache.chunk(listing, 0)
+        cache.write_chunk(listing, 1, a_chunk(5))
+        with cache._connection:
+            cache._connection.execute("UPDATE listing_chunks SET files = 4 WHERE position = 1")
+        with pytest.raises(ValueError, match=expected.replace("[^\\n]*", "5 paths for 4 files", 1)):
+            cache.chunk(listing, 1)

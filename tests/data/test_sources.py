@@ -109,14 +109,14 @@ def test_image_folder_rows_are_the_decoded_files_with_their_hashes(tmp_path: Pat
     write_tree(tmp_path, classes=3, per_class=4)
     (tmp_path / "class_2" / "flat.png").write_bytes(png(np.full((12, 12), 77, np.uint8)))
     loaded = sources.load_image_folder(tmp_path, SPEC, progress=False)
-    assert len(loaded) == len(loaded.files) == 13
+    assert len(loaded) == len(loaded.files()) == 13
     assert loaded.image_shape == (12, 12, 1)
-    expected = np.stack([images.decode_image(tmp_path / file, SPEC) for file in loaded.files])
+    expected = np.stack([images.decode_image(tmp_path / file, SPEC) for file in loaded.files()])
     assert np.array_equal(loaded.materialize().images, expected)
-    assert [loaded.class_names[label] for label in loaded.labels] == [file.split("/")[0] for file in loaded.files]
+    assert [loaded.class_names[label] for label in loaded.labels] == [file.split("/")[0] for file in loaded.files()]
     assert np.array_equal(loaded.hashes, dataset.content_hashes(expected))
     assert np.array_equal(loaded.flat, dataset.flat_values(expected))
-    assert loaded.flat[loaded.files.index("class_2/flat.png")] == 77
+    assert loaded.flat[loaded.files().index("class_2/flat.png")] == 77
     rows = np.array([12, 0, 5, 5])
     assert np.array_equal(loaded.images.read(rows), expected[rows])
 
@@ -143,13 +143,16 @@ def test_a_cache_path_decodes_each_file_content_once(tmp_path: Path, monkeypatch
     assert len(decoded) == 7
     decoded.clear()
     original = sorted((raw / "class_0").iterdir())[0]
+    moved = images.decode_image(original, SPEC)
     original.rename(raw / "class_1" / "moved.png")  # same content, same suffix
     again = sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)
     assert decoded == []
     assert [problem.file for problem in again.rejected] == ["class_1/broken.png"]
     assert again.rejected[0].reason == first.rejected[0].reason
-    moved = first.materialize().images[first.files.index(f"class_0/{original.name}")]
-    assert np.array_equal(again.materialize().images[again.files.index("class_1/moved.png")], moved)
+    assert np.array_equal(again.materialize().images[again.files().index("class_1/moved.png")], moved)
+    # The rows of the first load name files of a listing the second replaced: reading them is one clear error.
+    with pytest.raises(ValueError, match=r"another prepare of the same folder replaced .* run prepare again$"):
+        first.images.read(np.arange(2))
     (raw / "class_1" / "moved.jpeg").write_bytes((raw / "class_1" / "moved.png").read_bytes())
     sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)
     assert decoded == ["class_1/moved.jpeg"]  # another suffix is another key
@@ -200,7 +203,7 @@ def test_a_cache_of_an_older_layout_is_emptied_and_used(tmp_path: Path) -> None:
     with sqlite3.connect(cache) as connection:
         tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert connection.execute("PRAGMA user_version").fetchone()[0] == decode_cache.SCHEMA_VERSION
-    assert tables == {"decoded", "listings"}
+    assert tables == {"decoded", "listings", "listing_chunks"}
 
 
 def test_large_images_are_decoded_a_few_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -460,7 +463,7 @@ def test_class_folders_with_sub_folders_of_their_own_still_work(tmp_path: Path) 
     loaded = sources.load_image_folder(tmp_path, SPEC)
     assert loaded.class_names == ("cat", "dog")
     assert len(loaded) == 8
-    assert loaded.files[0] == "cat/indoor/class_0/0000.png"
+    assert loaded.files()[0] == "cat/indoor/class_0/0000.png"
 
 
 def test_files_that_look_like_images_are_decoded_or_rejected_never_dropped(tmp_path: Path) -> None:
