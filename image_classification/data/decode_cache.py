@@ -15,7 +15,8 @@ at a time, so memory holds a few chunks of it whatever the folder's size.
 
 The cache lives outside DVC's outputs (dvc.yaml passes `cache/prepare/decoded.sqlite`); deleting it
 costs one full decode. SQLite serializes writers, so two experiments preparing at once share it
-safely.
+safely: a listing stays until two later prepares of the folder have completed theirs, so a prepare
+still writing its shards keeps reading its own (`complete_listing`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,11 @@ SCHEMA_VERSION = 3
 # SQLite allows 32,766 parameters per statement; a few hundred keep the statements short.
 QUERY_ROWS = 500
 BUSY_TIMEOUT_SECONDS = 120
+# Completed listings kept per folder and decoding rules: the newest, and the one before it, which a
+# prepare started earlier may still be reading.
+KEPT_LISTINGS = 2
+# An incomplete listing older than this is a prepare that stopped half-way: it is deleted.
+STALE_LISTING_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -175,7 +182,7 @@ class DecodeCache:
                 )
                 self._connection.execute(
                     "CREATE TABLE IF NOT EXISTS listings (id INTEGER PRIMARY KEY, folder TEXT, rules TEXT, "
-                    "complete INTEGER, reason_texts TEXT)"
+                    "complete INTEGER, reason_texts TEXT, started REAL)"
                 )
                 self._connection.execute(
                     "CREATE TABLE IF NOT EXISTS listing_chunks (listing INTEGER, position INTEGER, files INTEGER, "
@@ -236,7 +243,8 @@ class DecodeCache:
         try:
             with self._connection:
                 cursor = self._connection.execute(
-                    "INSERT INTO listings (folder, rules, complete) VALUES (?, ?, 0)", (folder, tag)
+                    "INSERT INTO listings (folder, rules, complete, started) VALUES (?, ?, 0, ?)",
+                    (folder, tag, time.time()),
                 )
         except sqlite3.DatabaseError as error:
             raise ValueError(f"{self.path}: cannot write the decoded-image cache ({error})") from None
@@ -269,9 +277,11 @@ class DecodeCache:
             ) from None
 
     def complete_listing(self, listing: int, reason_texts: Sequence[str]) -> None:
-        """Mark `listing` complete, with the reason texts its chunks index, and forget its folder's older listings.
+        """Mark `listing` complete, with the reason texts its chunks index, and forget its folder's old listings.
 
-        A listing another prepare started later is left alone: it completes, or is forgotten, in its turn.
+        Of the completed listings of the same folder and rules, the newest `KEPT_LISTINGS` stay:
+        a prepare that started earlier may still be reading its own. Incomplete ones stay for
+        `STALE_LISTING_SECONDS`: another prepare may still be writing them.
         """
         try:
             with self._connection:
@@ -279,10 +289,14 @@ class DecodeCache:
                     "UPDATE listings SET complete = 1, reason_texts = ? WHERE id = ?",
                     (json.dumps(list(reason_texts)), listing),
                 )
+                (folder, tag) = self._connection.execute(
+                    "SELECT folder, rules FROM listings WHERE id = ?", (listing,)
+                ).fetchone() or (None, None)
                 self._connection.execute(
-                    "DELETE FROM listings WHERE id < ? AND (folder, rules) IN "
-                    "(SELECT folder, rules FROM listings WHERE id = ?)",
-                    (listing, listing),
+                    "DELETE FROM listings WHERE folder = ? AND rules = ? AND ("
+                    "(complete = 1 AND id NOT IN (SELECT id FROM listings WHERE folder = ? AND rules = ? "
+                    "AND complete = 1 ORDER BY id DESC LIMIT ?)) OR (complete = 0 AND started < ?))",
+                    (folder, tag, folder, tag, KEPT_LISTINGS, time.time() - STALE_LISTING_SECONDS),
                 )
                 self._connection.execute("DELETE FROM listing_chunks WHERE listing NOT IN (SELECT id FROM listings)")
         except sqlite3.DatabaseError as error:

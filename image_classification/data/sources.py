@@ -138,7 +138,9 @@ class CachedImages:
         return self._chunk(index)[0].paths[offset]
 
     def _chunk(self, index: int) -> tuple[decode_cache.ListingChunk, str]:
-        if index not in self._recent:
+        if index in self._recent:
+            self._recent[index] = self._recent.pop(index)  # the least recently used goes first
+        else:
             chunk = self.cache.chunk(self.listing, index)
             if chunk is None:
                 raise ValueError(
@@ -309,7 +311,8 @@ def load_image_folder(
     listing = _Listing(cache, str(root.resolve()), tag)
     digest = DirDigest()
     rejected: list[Problem] = []
-    # Chunks wait here until a batch of their images is worth decoding: the process pool stays busy.
+    # Chunks wait here until a batch of their images is worth decoding (the process pool stays busy),
+    # or until they hold a batch of files (a folder of unchanged files decodes nothing).
     pending: list[tuple[decode_cache.ListingChunk, np.ndarray]] = []
     waiting = 0
     options = {"file": sys.stderr, "disable": not progress, "delay": 2}
@@ -328,7 +331,7 @@ def load_image_folder(
             listed.update(len(chunk))
             pending.append((chunk, classes))
             waiting += int(((classes >= 0) & (chunk.reasons == -2)).sum())
-            if waiting >= DECODE_BATCH:
+            if waiting >= DECODE_BATCH or len(pending) * LISTING_CHUNK >= DECODE_BATCH:
                 _finish_chunks(pending, cache, decode, listing, kept, rejected)
                 pending, waiting = [], 0
         _finish_chunks(pending, cache, decode, listing, kept, rejected)

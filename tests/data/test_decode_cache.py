@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -149,27 +150,36 @@ def test_a_listing_reads_back_chunk_by_chunk_per_folder_and_rules(tmp_path: Path
         assert cache.listing("/elsewhere", "rules") is None
 
 
-def test_completing_a_listing_forgets_the_older_ones_of_its_folder_only(tmp_path: Path) -> None:
+def test_completing_a_listing_keeps_the_two_newest_of_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with decode_cache.DecodeCache(tmp_path / "decoded.sqlite") as cache:
-        old = cache.start_listing("/data/raw", "rules")
-        cache.write_chunk(old, 0, a_chunk(2))
-        cache.complete_listing(old, [])
-        elsewhere = cache.start_listing("/elsewhere", "rules")
-        cache.write_chunk(elsewhere, 0, a_chunk(2))
-        cache.complete_listing(elsewhere, [])
-        new = cache.start_listing("/data/raw", "rules")
-        later = cache.start_listing("/data/raw", "rules")  # another prepare, started after this one
-        cache.write_chunk(later, 0, a_chunk(4))
-        cache.write_chunk(new, 0, a_chunk(3))
-        assert cache.listing("/data/raw", "rules") == (old, [])  # the new one is not complete yet
-        cache.complete_listing(new, ["x"])
-        assert cache.listing("/data/raw", "rules") == (new, ["x"])
-        assert cache.chunk(old, 0) is None
-        assert len(cache.chunk(later, 0)) == 4
+
+        def complete(folder: str = "/data/raw", files: int = 2) -> int:
+            listing = cache.start_listing(folder, "rules")
+            cache.write_chunk(listing, 0, a_chunk(files))
+            cache.complete_listing(listing, [])
+            return listing
+
+        first, elsewhere = complete(), complete("/elsewhere")
+        running = cache.start_listing("/data/raw", "rules")  # another prepare, still walking
+        cache.write_chunk(running, 0, a_chunk(4))
+        second = complete()
+        assert cache.listing("/data/raw", "rules") == (second, [])
+        assert len(cache.chunk(first, 0)) == 2  # a prepare that started earlier may still read it
+        third = complete()
+        assert cache.listing("/data/raw", "rules") == (third, [])
+        assert cache.chunk(first, 0) is None
+        assert len(cache.chunk(second, 0)) == 2
+        assert len(cache.chunk(running, 0)) == 4  # incomplete, and recent
         assert len(cache.chunk(elsewhere, 0)) == 2
-        cache.complete_listing(later, [])
-        assert cache.listing("/data/raw", "rules") == (later, [])
-        assert cache.chunk(new, 0) is None
+        # A day later, an incomplete listing is a prepare that stopped half-way.
+        now = time.time()
+        monkeypatch.setattr(decode_cache.time, "time", lambda: now + decode_cache.STALE_LISTING_SECONDS + 1)
+        complete()
+        assert cache.chunk(running, 0) is None
+        assert cache.chunk(second, 0) is None
+        assert len(cache.chunk(third, 0)) == 2
 
 
 def test_an_empty_chunk_reads_back_empty(tmp_path: Path) -> None:

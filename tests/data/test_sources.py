@@ -150,9 +150,17 @@ def test_a_cache_path_decodes_each_file_content_once(tmp_path: Path, monkeypatch
     assert [problem.file for problem in again.rejected] == ["class_1/broken.png"]
     assert again.rejected[0].reason == first.rejected[0].reason
     assert np.array_equal(again.materialize().images[again.files().index("class_1/moved.png")], moved)
-    # The rows of the first load name files of a listing the second replaced: reading them is one clear error.
+
+    # The cache keeps the listing of the load before the last, which another prepare may still read;
+    # one older than that is gone, and reading its rows is one clear error.
+    def reader() -> sources.CachedImages:  # with no chunk of the listing read yet
+        images = first.images
+        return sources.CachedImages(images.cache, images.listing, images.positions, images.tag, images.shape)
+
+    assert reader().read(np.arange(2)).shape == (2, SPEC.height, SPEC.width, SPEC.channels)
+    sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)
     with pytest.raises(ValueError, match=r"another prepare of the same folder replaced .* run prepare again$"):
-        first.images.read(np.arange(2))
+        reader().read(np.arange(2))
     (raw / "class_1" / "moved.jpeg").write_bytes((raw / "class_1" / "moved.png").read_bytes())
     sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)
     assert decoded == ["class_1/moved.jpeg"]  # another suffix is another key
@@ -190,6 +198,29 @@ def test_unchanged_files_are_not_read_again(tmp_path: Path, monkeypatch: pytest.
     sources.load_image_folder(raw, ImageSpec(10, 10, 1), progress=False, cache_path=cache)
     assert len(hashed) == 7
     assert len(decoded) == 6
+
+
+def test_a_walk_holds_a_few_chunks_of_the_listing_changed_or_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw, cache = tmp_path / "raw", tmp_path / "cache" / "decoded.sqlite"
+    write_tree(raw, classes=2, per_class=10)
+    monkeypatch.setattr(sources, "LISTING_CHUNK", 2)
+    monkeypatch.setattr(sources, "DECODE_BATCH", 3)
+    held: list[int] = []
+    finish = sources._finish_chunks
+
+    def spy(pending: list, *args: object) -> None:
+        held.append(len(pending))
+        finish(pending, *args)
+
+    monkeypatch.setattr(sources, "_finish_chunks", spy)
+    first = sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)
+    assert (max(held), sum(held)) == (2, 10)
+    held.clear()
+    again = sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)  # nothing to decode
+    assert (max(held), sum(held)) == (2, 10)
+    assert np.array_equal(again.materialize().images, first.materialize().images)
 
 
 def test_a_cache_of_an_older_layout_is_emptied_and_used(tmp_path: Path) -> None:
