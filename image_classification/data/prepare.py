@@ -156,14 +156,13 @@ def write_shards(
                 bar.update(len(part))
         if store is not None:
             store.keep_only(writer.keys)
-        if writer.reused:
-            logger.info(
-                "wrote %d of %d shards, the others unchanged since the last prepare",
-                len(writer.keys) - writer.reused,
-                len(writer.keys),
-            )
-        else:
+        written = len(writer.keys) - writer.reused
+        if not writer.reused:
             logger.info("wrote %d shards", len(writer.keys))
+        elif written:
+            logger.info("wrote %d of %d shards, the others unchanged since the last prepare", written, len(writer.keys))
+        else:
+            logger.info("all %d shards unchanged since the last prepare; none written", len(writer.keys))
         return writer.pixel_mean_std()
 
 

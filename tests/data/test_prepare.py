@@ -295,6 +295,10 @@ def test_an_incremental_prepare_equals_a_full_one(
     assert folder_bytes(tmp_path / "incremental") == folder_bytes(tmp_path / "scratch")
     assert folder_bytes(tmp_path / "incremental") != folder_bytes(tmp_path / "before")
     assert statistics == scratch
+    caplog.clear()
+    prepare.prepare_dataset(data_params(), tmp_path / "again", tmp_path / "s3.json", raw, 1, False, cache)
+    (again,) = [record.getMessage() for record in caplog.records if "shards" in record.getMessage()]
+    assert again == f"all {written[1]} shards unchanged since the last prepare; none written"
 
 
 def test_a_corrupt_cache_says_to_delete_it(tmp_path: Path) -> None:
