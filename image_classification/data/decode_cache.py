@@ -39,7 +39,7 @@ from image_classification.data.dataset import HASH_BYTES
 # Bump when decoding changes in a way the versions below do not show.
 CACHE_VERSION = 1
 # Bump when the tables change: a cache file of another schema is emptied.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # SQLite allows 32,766 parameters per statement; a few hundred keep the statements short.
 QUERY_ROWS = 500
 BUSY_TIMEOUT_SECONDS = 120
