@@ -315,7 +315,12 @@ def duplicate_groups(hashes: np.ndarray) -> np.ndarray:
 
 def conflicting_groups(labels: np.ndarray, hashes: np.ndarray) -> list[list[int]]:
     """Rows of identical images that carry more than one label, one list per image, in row order."""
-    return [rows.tolist() for rows in duplicate_sets(hashes) if len(np.unique(labels[rows])) > 1]
+    return [rows.tolist() for rows in conflicting_sets(labels, duplicate_sets(hashes))]
+
+
+def conflicting_sets(labels: np.ndarray, copies: list[np.ndarray]) -> list[np.ndarray]:
+    """The sets of identical images (`duplicate_sets`) whose rows carry more than one label."""
+    return [rows for rows in copies if len(np.unique(labels[rows])) > 1]
 
 
 def digest(*arrays: np.ndarray) -> str:

@@ -220,7 +220,7 @@ class DecodeCache:
             with self._connection:
                 self._connection.executemany("INSERT OR REPLACE INTO decoded VALUES (?, ?, ?, ?, ?)", rows)
         except sqlite3.DatabaseError as error:
-            raise ValueError(f"{self.path}: cannot write the decoded-image cache ({error})") from None
+            raise self._unwritable(error) from None
 
     def listing(self, folder: str, tag: str) -> tuple[int, list[str]] | None:
         """The id and reason texts of the listing the last prepare of `folder` under rules `tag` completed, or None."""
@@ -234,9 +234,7 @@ class DecodeCache:
         try:
             return rows[0][0], json.loads(rows[0][1])
         except (ValueError, TypeError) as error:
-            raise ValueError(
-                f"{self.path}: unreadable decoded-image cache ({error}); delete it (prepare decodes every file again)"
-            ) from None
+            raise self._unreadable(error) from None
 
     def start_listing(self, folder: str, tag: str) -> int:
         """A new, incomplete listing of `folder` under rules `tag`, to write chunk by chunk: its id."""
@@ -247,7 +245,7 @@ class DecodeCache:
                     (folder, tag, time.time()),
                 )
         except sqlite3.DatabaseError as error:
-            raise ValueError(f"{self.path}: cannot write the decoded-image cache ({error})") from None
+            raise self._unwritable(error) from None
         return int(cursor.lastrowid)
 
     def write_chunk(self, listing: int, position: int, chunk: ListingChunk) -> None:
@@ -259,7 +257,7 @@ class DecodeCache:
                     f"INSERT OR REPLACE INTO listing_chunks VALUES ({', '.join('?' * len(values))})", values
                 )
         except sqlite3.DatabaseError as error:
-            raise ValueError(f"{self.path}: cannot write the decoded-image cache ({error})") from None
+            raise self._unwritable(error) from None
 
     def chunk(self, listing: int, position: int) -> ListingChunk | None:
         """The `position`-th chunk of `listing`, or None past its last."""
@@ -272,9 +270,7 @@ class DecodeCache:
         try:
             return ListingChunk.from_row(rows[0])
         except (ValueError, TypeError, UnicodeDecodeError) as error:
-            raise ValueError(
-                f"{self.path}: unreadable decoded-image cache ({error}); delete it (prepare decodes every file again)"
-            ) from None
+            raise self._unreadable(error) from None
 
     def complete_listing(self, listing: int, reason_texts: Sequence[str]) -> None:
         """Mark `listing` complete, with the reason texts its chunks index, and forget its folder's old listings.
@@ -300,7 +296,7 @@ class DecodeCache:
                 )
                 self._connection.execute("DELETE FROM listing_chunks WHERE listing NOT IN (SELECT id FROM listings)")
         except sqlite3.DatabaseError as error:
-            raise ValueError(f"{self.path}: cannot write the decoded-image cache ({error})") from None
+            raise self._unwritable(error) from None
 
     def outcomes(self, keys: Sequence[str]) -> tuple[list[str | None], np.ndarray, np.ndarray]:
         """For each key in order: the failure reason or None, the (N, 16) content hashes and (N,) flat values.
@@ -347,10 +343,16 @@ class DecodeCache:
                 output[start + offset] = np.frombuffer(data, dtype=np.uint8).reshape(shape)
         return output
 
+    def _unreadable(self, error: Exception) -> ValueError:
+        return ValueError(
+            f"{self.path}: unreadable decoded-image cache ({error}); delete it (prepare decodes every file again)"
+        )
+
+    def _unwritable(self, error: Exception) -> ValueError:
+        return ValueError(f"{self.path}: cannot write the decoded-image cache ({error})")
+
     def _query(self, sql: str, arguments: Sequence[str]) -> list[tuple]:
         try:
             return self._connection.execute(sql, arguments).fetchall()
         except sqlite3.DatabaseError as error:
-            raise ValueError(
-                f"{self.path}: unreadable decoded-image cache ({error}); delete it (prepare decodes every file again)"
-            ) from None
+            raise self._unreadable(error) from None

@@ -65,7 +65,8 @@ def prepare_dataset(
     dataset_lib.validate_labels(loaded.labels, loaded.class_names, loaded.version.path)
     copies = dataset_lib.duplicate_sets(loaded.hashes)
     refuse_degenerate(loaded, copies)
-    conflicting = conflicting_copies(loaded, copies)
+    clashes = dataset_lib.conflicting_sets(loaded.labels, copies)
+    conflicting = conflicting_copies(loaded, clashes)
     rejected = [*loaded.rejected, *conflicting]
     if rejected:
         first = rejected[0]
@@ -84,8 +85,7 @@ def prepare_dataset(
     # The rows written, or None for all of them: the whole dataset's arrays are never copied.
     kept = None
     if conflicting:
-        left_out = [row for rows in copies if len(np.unique(loaded.labels[rows])) > 1 for row in rows.tolist()]
-        kept = np.setdiff1d(np.arange(len(loaded)), left_out)
+        kept = np.setdiff1d(np.arange(len(loaded)), np.concatenate(clashes))
         dataset_lib.validate_labels(
             loaded.labels[kept], loaded.class_names, f"{loaded.version.path} (without the images of two classes)"
         )
@@ -166,17 +166,15 @@ def write_shards(
         return writer.pixel_mean_std()
 
 
-def conflicting_copies(loaded: sources.Loaded, copies: list[np.ndarray]) -> list[sources.Problem]:
+def conflicting_copies(loaded: sources.Loaded, clashes: list[np.ndarray]) -> list[sources.Problem]:
     """One problem per image whose identical copy carries another label: such an image cannot be learned.
 
     Args:
         loaded: the source's images.
-        copies: the rows of each set of identical images (`dataset.duplicate_sets`).
+        clashes: the rows of each set of identical images under more than one label (`dataset.conflicting_sets`).
     """
     problems = []
-    for rows in copies:
-        if len(np.unique(loaded.labels[rows])) < 2:
-            continue
+    for rows in clashes:
         for row in rows.tolist():
             others = ", ".join(
                 f"{loaded.describe(other)} ({loaded.class_names[loaded.labels[other]]})"

@@ -550,11 +550,9 @@ def _sorted_names(folder: str) -> list[str]:
     return names
 
 
-def _chunked(
-    walk: Iterator[tuple[str, str, int]], size: int | None = None
-) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
-    """A walk's files `size` (`LISTING_CHUNK`) at a time: relative paths, full paths and (n,) int32 classes."""
-    size = size or LISTING_CHUNK
+def _chunked(walk: Iterator[tuple[str, str, int]]) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
+    """A walk's files `LISTING_CHUNK` at a time: relative paths, full paths and (n,) int32 classes."""
+    size = LISTING_CHUNK
     paths: list[str] = []
     fulls: list[str] = []
     classes: list[int] = []
@@ -587,7 +585,7 @@ class _Listing:
         self._text_index: dict[str, int] = {}
         self._next = 0  # the next chunk of the last listing to read
         self._window: list[decode_cache.ListingChunk] = []
-        self._known = decode_cache.ListingChunk.empty([])
+        self._known = decode_cache.ListingChunk.empty([])  # the window's chunks as one
         self._index: dict[str, int] = {}
         self._written = 0
 
@@ -674,16 +672,11 @@ class _Listing:
             if chunk.paths[-1] >= first:
                 self._window.append(chunk)
                 changed = True
-        if changed:
-            window = self._window
+        if changed and self._window:
+            window, names = self._window, decode_cache.ListingChunk.ARRAYS
             self._known = decode_cache.ListingChunk(
                 [path for chunk in window for path in chunk.paths],
-                *(
-                    np.concatenate([getattr(chunk, name) for chunk in window])
-                    if window
-                    else getattr(decode_cache.ListingChunk.empty([]), name)
-                    for name in decode_cache.ListingChunk.ARRAYS
-                ),
+                *(np.concatenate([getattr(chunk, name) for chunk in window]) for name in names),
             )
             self._index = {path: position for position, path in enumerate(self._known.paths)}
         return bool(self._window)
