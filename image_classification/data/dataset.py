@@ -6,7 +6,7 @@ Nothing here imports TensorFlow or opens files.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,7 +177,7 @@ def statistics(dataset: Dataset) -> dict:
     mean, std = pixel_mean_std(dataset.images)
     return summarize(
         dataset.labels,
-        content_hashes(dataset.images),
+        duplicate_sets(content_hashes(dataset.images)),
         dataset.class_names,
         dataset.images.shape[1:],
         int((flat_values(dataset.images) >= 0).sum()),
@@ -188,7 +188,7 @@ def statistics(dataset: Dataset) -> dict:
 
 def summarize(
     labels: np.ndarray,
-    hashes: np.ndarray,
+    copies: Sequence[np.ndarray],
     class_names: Sequence[str],
     image_shape: Sequence[int],
     constant: int,
@@ -203,7 +203,7 @@ def summarize(
 
     Args:
         labels: (N,) integer labels.
-        hashes: (N, 16) uint8 content hashes (`content_hashes`).
+        copies: the rows of each set of identical images among them (`duplicate_sets`).
         class_names: the names the labels index.
         image_shape: (height, width, channels).
         constant: how many images are a single flat colour.
@@ -211,9 +211,8 @@ def summarize(
         std: standard deviation of the pixel values, or None for no images.
     """
     counts = np.bincount(labels, minlength=len(class_names))
-    sets = duplicate_sets(hashes)
-    duplicates = sum(len(rows) - 1 for rows in sets)
-    conflicting = sum(int((labels[rows[1:]] != labels[rows[0]]).sum()) for rows in sets)
+    duplicates = sum(len(rows) - 1 for rows in copies)
+    conflicting = sum(int((labels[rows[1:]] != labels[rows[0]]).sum()) for rows in copies)
     smallest, largest = (int(np.argmin(counts)), int(np.argmax(counts))) if len(counts) else (0, 0)
     return {
         "images": len(labels),
@@ -276,26 +275,35 @@ def content_hashes(images: np.ndarray) -> np.ndarray:
     return hashes
 
 
-# Rows whose hashes `duplicate_sets` sorts at a time: its memory beyond the hashes is a few bytes a row.
+# Rows whose hashes `read_duplicate_sets` sorts at a time: its memory beyond its inputs is a few bytes a row.
 SORTED_ROWS = 2**14
 
 
 def duplicate_sets(hashes: np.ndarray) -> list[np.ndarray]:
+    """The rows of each set of two or more identical (N, 16) uint8 content hashes (`read_duplicate_sets`)."""
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint8).reshape(len(hashes), HASH_BYTES)
+    return read_duplicate_sets(hashes[:, 0], lambda rows: hashes[rows])
+
+
+def read_duplicate_sets(first_bytes: np.ndarray, read: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
     """The rows of each set of two or more identical content hashes: ascending int64 arrays, ordered by first row.
 
-    The hashes are sorted a part at a time, each part the rows whose first byte falls in one range,
-    so that memory holds 2 bytes a row beyond the hashes and the sets, plus about 40 bytes a row of
-    one part (about `SORTED_ROWS` rows): 600,000 images need no 24 MB for a whole sort.
+    The hashes are read and sorted a part at a time, each part the rows whose first byte falls in
+    one range, so that memory holds the first bytes and the sets, plus about 40 bytes a row of one
+    part (about `SORTED_ROWS` rows): the hashes of 600,000 images need not be in memory at once.
+
+    Args:
+        first_bytes: (N,) uint8, the first byte of each row's hash.
+        read: `read(rows)` gives the (len(rows), 16) uint8 hashes of ascending int64 `rows`.
     """
-    hashes = np.ascontiguousarray(hashes, dtype=np.uint8).reshape(len(hashes), HASH_BYTES)
-    parts = min(256, -(-len(hashes) // SORTED_ROWS))
-    first_byte = hashes[:, 0]
+    count = len(first_bytes)
+    parts = min(256, -(-count // SORTED_ROWS))
     found = []
     for part in range(parts):
         low, high = 256 * part // parts, 256 * (part + 1) // parts
-        # uint8 arithmetic wraps: first_byte - low < high - low holds for low <= first_byte < high only.
-        rows = np.arange(len(hashes)) if parts == 1 else np.flatnonzero(first_byte - np.uint8(low) < high - low)
-        keys = hashes[rows].view(np.uint64)  # (n, 2)
+        # uint8 arithmetic wraps: first_bytes - low < high - low holds for low <= first_bytes < high only.
+        rows = np.arange(count) if parts == 1 else np.flatnonzero(first_bytes - np.uint8(low) < high - low)
+        keys = np.ascontiguousarray(read(rows), dtype=np.uint8).view(np.uint64)  # (n, 2)
         order = np.lexsort((keys[:, 1], keys[:, 0]))  # stable: a set's rows stay in row order
         ordered = keys[order]
         same = (ordered[1:] == ordered[:-1]).all(axis=1)  # row i + 1 repeats row i
@@ -303,6 +311,17 @@ def duplicate_sets(hashes: np.ndarray) -> list[np.ndarray]:
         ends = np.flatnonzero(same & ~np.concatenate([same[1:], [False]])) + 2
         found.extend(rows[order[start:end]] for start, end in zip(starts.tolist(), ends.tolist(), strict=True))
     return sorted(found, key=lambda rows: int(rows[0]))
+
+
+def sets_within(copies: Sequence[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
+    """The sets of `copies` (`duplicate_sets`) among ascending `rows`, as positions in `rows`; sets of 2 or more."""
+    found = []
+    for members in copies:
+        at = np.searchsorted(rows, members)
+        inside = at[(at < len(rows)) & (rows[np.minimum(at, len(rows) - 1)] == members)] if len(rows) else at[:0]
+        if len(inside) >= 2:
+            found.append(inside)
+    return found
 
 
 def duplicate_groups(hashes: np.ndarray) -> np.ndarray:

@@ -63,7 +63,7 @@ def prepare_dataset(
     """
     loaded = load(data, raw_dir, workers, progress, cache_path)
     dataset_lib.validate_labels(loaded.labels, loaded.class_names, loaded.version.path)
-    copies = dataset_lib.duplicate_sets(loaded.hashes)
+    copies = loaded.duplicate_sets()
     refuse_degenerate(loaded, copies)
     clashes = dataset_lib.conflicting_sets(loaded.labels, copies)
     conflicting = conflicting_copies(loaded, clashes)
@@ -107,7 +107,7 @@ def prepare_dataset(
         "data_version": loaded.version.to_json(),
         **dataset_lib.summarize(
             take(loaded.labels),
-            take(loaded.hashes),
+            copies if kept is None else dataset_lib.sets_within(copies, kept),
             loaded.class_names,
             loaded.image_shape,
             int((take(loaded.flat) >= 0).sum()),
@@ -150,7 +150,7 @@ def write_shards(
                 part = np.arange(start, min(start + chunk, count)) if rows is None else rows[start : start + chunk]
                 writer.add_rows(
                     loaded.labels[part],
-                    loaded.hashes[part],
+                    loaded.content_hashes(part),
                     lambda first, stop, part=part: loaded.images.read(part[first:stop]),
                 )
                 bar.update(len(part))

@@ -40,6 +40,7 @@ from image_classification.data.dataset import (
     DataVersion,
     content_hashes,
     flat_values,
+    read_duplicate_sets,
     validate,
 )
 
@@ -80,13 +81,22 @@ class Problem:
 
 
 class ArrayImages:
-    """Images held in memory as one (N, H, W, C) uint8 array: what the array sources read."""
+    """Images held in memory as one (N, H, W, C) uint8 array, with their content hashes: what array sources read."""
 
     def __init__(self, array: np.ndarray) -> None:
         self.array = array
+        self._hashes = content_hashes(array)
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         return self.array[rows]
+
+    def hashes(self, rows: np.ndarray) -> np.ndarray:
+        """The (len(rows), 16) uint8 content hashes of `rows` (`dataset.content_hashes`)."""
+        return self._hashes[rows]
+
+    def first_hash_bytes(self) -> np.ndarray:
+        """The (N,) uint8 first byte of every row's content hash."""
+        return self._hashes[:, 0]
 
     def name(self, row: int) -> str | None:
         """The file of image `row`: None, an array's rows have none."""
@@ -96,23 +106,24 @@ class ArrayImages:
 class CachedImages:
     """Decoded images kept in the decoded-image cache, read a chunk of rows at a time.
 
-    Row `i` is file `positions[i]` of a folder listing the cache keeps (`decode_cache.ListingChunk`,
-    `LISTING_CHUNK` files a chunk): its path (for its suffix) and md5 make its cache key under the
-    decoding rules `tag`, so memory holds 4 bytes a row. A cache made for this object alone (no
-    cache path given) is deleted with it.
+    Row `i` is the file at place `rows.column("position", i)` of a folder listing the cache keeps
+    (`decode_cache.ListingChunk`, `LISTING_CHUNK` files a chunk): its path (for its suffix) and md5
+    make its cache key under the decoding rules `tag`. Places and content hashes are read from `rows`
+    (`KeptRows`, a temporary file) as they are needed, so memory holds none of them. A cache made for
+    this object alone (no cache path given) is deleted with it.
     """
 
     def __init__(
         self,
         cache: decode_cache.DecodeCache,
         listing: int,
-        positions: np.ndarray,
+        rows: KeptRows,
         tag: str,
         shape: tuple[int, int, int],
     ) -> None:
         self.cache = cache
         self.listing = listing
-        self.positions = positions
+        self.rows = rows
         self.tag = tag
         self.shape = shape
         # The listing chunks read last, with their md5s in hex: reads in row order reuse them.
@@ -124,9 +135,8 @@ class CachedImages:
         Raises:
             ValueError: the listing is gone from the cache (another prepare of the folder replaced it).
         """
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         keys = []
-        for position in self.positions[rows].tolist():
+        for position in self.rows.column("position", rows).tolist():
             index, offset = divmod(position, LISTING_CHUNK)
             chunk, hexes = self._chunk(index)
             keys.append(decode_cache.file_key(hexes[32 * offset : 32 * offset + 32], chunk.paths[offset], self.tag))
@@ -134,8 +144,16 @@ class CachedImages:
 
     def name(self, row: int) -> str:
         """The file of image `row`, relative to the folder."""
-        index, offset = divmod(int(self.positions[row]), LISTING_CHUNK)
+        index, offset = divmod(int(self.rows.column("position", np.array([row]))[0]), LISTING_CHUNK)
         return self._chunk(index)[0].paths[offset]
+
+    def hashes(self, rows: np.ndarray) -> np.ndarray:
+        """The (len(rows), 16) uint8 content hashes of `rows` (`dataset.content_hashes`)."""
+        return self.rows.column("hash", rows)
+
+    def first_hash_bytes(self) -> np.ndarray:
+        """The (N,) uint8 first byte of every row's content hash, read a part of the rows at a time."""
+        return self.rows.first_hash_bytes()
 
     def _chunk(self, index: int) -> tuple[decode_cache.ListingChunk, str]:
         if index in self._recent:
@@ -159,10 +177,9 @@ class Loaded:
 
     Attributes:
         images: `read(rows)` gives the (len(rows), H, W, C) uint8 pixels of rows.
-        labels: (N,) int64 (int32 for an image folder), indexing `class_names`.
+        labels: (N,) int64 (int16, or int32 past 32,767 classes, for an image folder), indexing `class_names`.
         class_names: the classes, sorted as the source defines them.
         image_shape: (height, width, channels).
-        hashes: (N, 16) uint8 content hashes (`dataset.content_hashes`).
         flat: (N,) int16, an image's single pixel value when it is a flat colour, else -1.
         version: the data's version (the hash DVC gives the same files).
         rejected: image files that could not be used, with the reason.
@@ -174,7 +191,6 @@ class Loaded:
     labels: np.ndarray
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int]
-    hashes: np.ndarray
     flat: np.ndarray
     version: DataVersion
     rejected: tuple[Problem, ...] = ()
@@ -188,6 +204,14 @@ class Loaded:
         """Name image `row` for a message: its file, or its row in the source's arrays."""
         name = self.images.name(row)
         return f"image {row} of {self.version.path}" if name is None else name
+
+    def content_hashes(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """The (len(rows), 16) uint8 content hashes (`dataset.content_hashes`) of `rows`, of every row when None."""
+        return self.images.hashes(np.arange(len(self)) if rows is None else rows)
+
+    def duplicate_sets(self) -> list[np.ndarray]:
+        """The rows of each set of identical images (`dataset.duplicate_sets`), their hashes read a part at a time."""
+        return read_duplicate_sets(self.images.first_hash_bytes(), self.images.hashes)
 
     def files(self) -> list[str]:
         """The file of every row, relative to the source folder (empty for array sources): for small data and tests."""
@@ -206,7 +230,6 @@ def from_arrays(dataset: Dataset, version: DataVersion) -> Loaded:
         dataset.labels,
         dataset.class_names,
         tuple(dataset.images.shape[1:]),
-        content_hashes(dataset.images),
         flat_values(dataset.images),
         version,
     )
@@ -290,8 +313,9 @@ def load_image_folder(
     hold under the same rules are decoded; a file whose size, modification time and inode are those
     the cache's listing of `root` recorded is not even read. Without a path, a temporary cache lives
     as long as the returned images. The folder is walked, hashed, decoded and listed a chunk of
-    files at a time: memory holds a few chunks, and 30 bytes a usable image (its label, content
-    hash, flat value and place in the listing), whatever the folder's size.
+    files at a time: memory holds a few chunks, and 4 bytes a usable image (its label and flat
+    value), whatever the folder's size. Each usable image's place in the listing and content hash
+    wait in a temporary file (`KeptRows`) until the returned images read them.
 
     Raises:
         ValueError: `root` is not a folder, or its layout puts the class folders one level deeper
@@ -318,26 +342,26 @@ def load_image_folder(
     options = {"file": sys.stderr, "disable": not progress, "delay": 2}
     listed = tqdm(desc="listing files", unit="file", leave=False, **options)
     decoded = tqdm(desc="decoding images", unit="img", **options)
-    with (
-        tempfile.TemporaryFile(prefix="kept-images-") as kept_file,
-        listed,
-        decoded,
-        _Decoder(cache, root, spec, workers, decoded) as decode,
-    ):
-        kept = _KeptRows(kept_file)
-        for paths, fulls, classes in _chunked(scan.walk_root(str(root))):
-            chunk = listing.match(paths, fulls, classes)
-            digest.add(chunk)
-            listed.update(len(chunk))
-            pending.append((chunk, classes))
-            waiting += int(((classes >= 0) & (chunk.reasons == -2)).sum())
-            if waiting >= DECODE_BATCH or len(pending) * LISTING_CHUNK >= DECODE_BATCH:
-                _finish_chunks(pending, cache, decode, listing, kept, rejected)
-                pending, waiting = [], 0
-        _finish_chunks(pending, cache, decode, listing, kept, rejected)
-        positions, class_of, hashes, flat = kept.arrays()
+    # The file lives as long as the returned images, which read it; closed here on an error only.
+    kept = KeptRows(tempfile.TemporaryFile(prefix="kept-images-"))  # noqa: SIM115
+    try:
+        with listed, decoded, _Decoder(cache, root, spec, workers, decoded) as decode:
+            for paths, fulls, classes in _chunked(scan.walk_root(str(root))):
+                chunk = listing.match(paths, fulls, classes)
+                digest.add(chunk)
+                listed.update(len(chunk))
+                pending.append((chunk, classes))
+                waiting += int(((classes >= 0) & (chunk.reasons == -2)).sum())
+                if waiting >= DECODE_BATCH or len(pending) * LISTING_CHUNK >= DECODE_BATCH:
+                    _finish_chunks(pending, cache, decode, listing, kept, rejected)
+                    pending, waiting = [], 0
+            _finish_chunks(pending, cache, decode, listing, kept, rejected)
+    except BaseException:
+        kept.file.close()
+        raise
     listing.complete()
-    counts = np.bincount(class_of, minlength=len(scan.class_folders))
+    counts = np.zeros(len(scan.class_folders), dtype=np.int64)
+    counts[: len(kept.classes)] = kept.classes
     used = sorted(name for name, count in zip(scan.class_folders, counts.tolist(), strict=True) if count)
     ignored = list(scan.ignored)
     for name in scan.class_folders:
@@ -350,16 +374,13 @@ def load_image_folder(
             )
             ignored.append(Problem(f"{name}/", f"class folder without a usable image ({why}); class left out"))
     label_of_folder = np.array([used.index(name) if name in used else -1 for name in scan.class_folders], np.int32)
-    # Class folders become labels in place, a part at a time: no second array of every image.
-    for start in range(0, len(class_of), LISTING_CHUNK):
-        class_of[start : start + LISTING_CHUNK] = label_of_folder[class_of[start : start + LISTING_CHUNK]]
+    labels, flat = kept.labels_and_flat(label_of_folder)
     shape = (spec.height, spec.width, spec.channels)
     return Loaded(
-        CachedImages(cache, listing.id, positions, tag, shape),
-        class_of,
+        CachedImages(cache, listing.id, kept, tag, shape),
+        labels,
         tuple(used),
         shape,
-        hashes,
         flat,
         DataVersion("image_folder", str(root), digest.hexdigest(), digest.files, digest.bytes),
         tuple(rejected),
@@ -373,7 +394,7 @@ def _finish_chunks(
     cache: decode_cache.DecodeCache,
     decode: _Decoder,
     listing: _Listing,
-    kept: _KeptRows,
+    kept: KeptRows,
     rejected: list[Problem],
 ) -> None:
     """Give every image file of `pending` the outcome the cache holds, or decoding gives; keep the chunks.
@@ -398,22 +419,34 @@ def _finish_chunks(
         chunk.reasons[offset] = -1 if reason is None else listing.reason(reason)
         chunk.hashes[offset] = content_hash
         chunk.flat[offset] = value
-    for chunk, classes in pending:
-        kept.add(listing.write(chunk), chunk, classes, listing.texts, rejected)
+    firsts = listing.write([chunk for chunk, _ in pending])
+    for first, (chunk, classes) in zip(firsts, pending, strict=True):
+        kept.add(first, chunk, classes, listing.texts, rejected)
 
 
-class _KeptRows:
-    """The usable images of a folder as its chunks are listed, gathered in a temporary file: 26 bytes an image.
+class KeptRows:
+    """The usable images of a folder as its chunks are listed, kept in a temporary file: 26 bytes an image.
 
-    Memory holds none of them until `arrays`, which allocates each array once, at its final size:
-    arrays grown as the walk goes would leave the allocator holding every size they passed through.
+    Each record holds an image's place in the listing (uint32), class folder (int32), content hash
+    (16 bytes) and flat value (int16). Memory holds none of them: `labels_and_flat` reads the two
+    columns every stage needs into arrays allocated once, at their final size (arrays grown as the
+    walk goes would leave the allocator holding every size they passed through), and `column` reads
+    the others for the rows asked, a window of records at a time.
+
+    Attributes:
+        file: the temporary file, deleted when closed.
+        count: how many images it holds.
+        classes: (class folders,) int64, how many images each class folder holds.
     """
 
     ROW = np.dtype([("position", "<u4"), ("class", "<i4"), ("hash", "u1", (HASH_BYTES,)), ("flat", "<i2")])
+    # Records read at a time: 8,192 of them are 208 KiB.
+    WINDOW = LISTING_CHUNK
 
     def __init__(self, file: BinaryIO) -> None:
         self.file = file
         self.count = 0
+        self.classes = np.zeros(0, dtype=np.int64)
 
     def add(
         self,
@@ -433,21 +466,57 @@ class _KeptRows:
         rows["flat"] = chunk.flat[usable]
         self.file.write(rows.tobytes())
         self.count += len(usable)
+        counts = np.bincount(rows["class"], minlength=len(self.classes))
+        counts[: len(self.classes)] += self.classes
+        self.classes = counts
         for offset in np.flatnonzero(candidates & (chunk.reasons >= 0)).tolist():
             rejected.append(Problem(chunk.paths[offset], texts[chunk.reasons[offset]]))
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(N,) uint32 places in the listing and int32 class folders, (N, 16) uint8 hashes, (N,) int16 flat values."""
-        count = self.count
-        positions, classes = np.empty(count, np.uint32), np.empty(count, np.int32)
-        hashes, flat = np.empty((count, HASH_BYTES), np.uint8), np.empty(count, np.int16)
-        self.file.seek(0)
-        for start in range(0, count, LISTING_CHUNK):
-            stop = min(start + LISTING_CHUNK, count)
-            rows = np.frombuffer(self.file.read((stop - start) * self.ROW.itemsize), self.ROW)
-            positions[start:stop], classes[start:stop] = rows["position"], rows["class"]
-            hashes[start:stop], flat[start:stop] = rows["hash"], rows["flat"]
-        return positions, classes, hashes, flat
+    def labels_and_flat(self, label_of_folder: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) labels, `label_of_folder[class folder]` (int16; int32 past 32,767 labels), (N,) int16 flat values."""
+        dtype = np.int16 if len(label_of_folder) < 2**15 else np.int32
+        labels, flat = np.empty(self.count, dtype), np.empty(self.count, np.int16)
+        for start, records in self._windows(0, self.count):
+            labels[start : start + len(records)] = label_of_folder[records["class"]]
+            flat[start : start + len(records)] = records["flat"]
+        return labels, flat
+
+    def first_hash_bytes(self) -> np.ndarray:
+        """(N,) uint8, the first byte of every image's content hash."""
+        first = np.empty(self.count, np.uint8)
+        for start, records in self._windows(0, self.count):
+            first[start : start + len(records)] = records["hash"][:, 0]
+        return first
+
+    def column(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Field `name` of `rows` (any order): (len(rows),) or (len(rows), 16) for the hash."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        field = self.ROW.fields[name][0]
+        output = np.empty((len(rows), *field.shape), field.base)
+        if not len(rows):
+            return output
+        if rows.min() < 0 or rows.max() >= self.count:
+            raise IndexError(f"rows {rows.min()}..{rows.max()} outside 0..{self.count - 1}")
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        # One read per window of records the rows fall in, of the span between its first and last row asked.
+        bounds = np.flatnonzero(np.diff(ordered // self.WINDOW)) + 1
+        for part in np.split(np.arange(len(rows)), bounds):
+            low, high = int(ordered[part[0]]), int(ordered[part[-1]])
+            _, records = next(self._windows(low, high + 1))
+            output[order[part]] = records[name][ordered[part] - low]
+        return output
+
+    def _windows(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Records `start` to `stop`, `WINDOW` at a time: (first row, records)."""
+        size = self.ROW.itemsize
+        self.file.flush()
+        for first in range(start, stop, self.WINDOW):
+            last = min(first + self.WINDOW, stop)
+            data = os.pread(self.file.fileno(), (last - first) * size, first * size)
+            if len(data) != (last - first) * size:
+                raise OSError(f"{self.file.name}: temporary file of kept images truncated")
+            yield first, np.frombuffer(data, self.ROW)
 
 
 class FolderScan:
@@ -644,13 +713,13 @@ class _Listing:
                 chunk.reasons[offset] = self.reason(f"cannot read file: {error}")
         return chunk
 
-    def write(self, chunk: decode_cache.ListingChunk) -> int:
-        """Keep `chunk` as the next of this listing; the position of its first file in the listing."""
-        first = self._written * LISTING_CHUNK
+    def write(self, chunks: Sequence[decode_cache.ListingChunk]) -> list[int]:
+        """Keep `chunks` as the next of this listing, in one transaction; the position of each one's first file."""
         if self.cache is not None:
-            self.cache.write_chunk(self.id, self._written, chunk)
-        self._written += 1
-        return first
+            self.cache.write_chunks(self.id, self._written, chunks)
+        firsts = [(self._written + offset) * LISTING_CHUNK for offset in range(len(chunks))]
+        self._written += len(chunks)
+        return firsts
 
     def complete(self) -> None:
         """Make this listing the one the next prepare of the folder reads."""

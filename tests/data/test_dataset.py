@@ -159,7 +159,13 @@ def test_summarize_counts_copies_and_conflicts(tiny_dataset: Dataset) -> None:
     labels[2] = (labels[0] + 1) % 3  # and one under another
     images[5] = 7  # a flat image
     summary = dataset_lib.summarize(
-        labels, dataset_lib.content_hashes(images), tiny_dataset.class_names, (12, 12, 1), 1, 50.0, 3.25
+        labels,
+        dataset_lib.duplicate_sets(dataset_lib.content_hashes(images)),
+        tiny_dataset.class_names,
+        (12, 12, 1),
+        1,
+        50.0,
+        3.25,
     )
     assert summary["duplicates"] == 2
     assert summary["conflicting_duplicates"] == 1
@@ -186,3 +192,16 @@ def test_duplicate_groups_match_numpys_unique_on_many_rows(sorted_rows: int, mon
     hashes[7, :8] = hashes[9, :8]  # equal in one half only: not a copy
     _, first, inverse = np.unique(hashes, axis=0, return_index=True, return_inverse=True)
     assert np.array_equal(dataset_lib.duplicate_groups(hashes), first[inverse.reshape(-1)])
+
+
+def test_sets_within_keeps_the_copies_among_the_rows_numbered_by_their_place() -> None:
+    hashes = np.zeros((8, dataset_lib.HASH_BYTES), dtype=np.uint8)
+    hashes[:, 0] = [1, 2, 1, 3, 2, 1, 4, 3]  # sets {0, 2, 5}, {1, 4}, {3, 7}
+    copies = dataset_lib.duplicate_sets(hashes)
+    rows = np.array([0, 1, 3, 5, 6])
+    within = dataset_lib.sets_within(copies, rows)
+    assert [members.tolist() for members in within] == [[0, 3]]  # rows 0 and 5; {1, 4} and {3, 7} lose a member
+    assert [members.tolist() for members in within] == [
+        members.tolist() for members in dataset_lib.duplicate_sets(hashes[rows])
+    ]
+    assert dataset_lib.sets_within(copies, np.array([], dtype=np.int64)) == []

@@ -134,12 +134,12 @@ def test_a_listing_reads_back_chunk_by_chunk_per_folder_and_rules(tmp_path: Path
     with decode_cache.DecodeCache(path) as cache:
         assert cache.listing("/data/raw", "rules") is None
         listing = cache.start_listing("/data/raw", "rules")
-        cache.write_chunk(listing, 0, a_chunk(5))
-        cache.write_chunk(listing, 1, a_chunk(1))
+        cache.write_chunks(listing, 0, [a_chunk(5)])
+        cache.write_chunks(listing, 1, [a_chunk(1)])
         assert cache.listing("/data/raw", "rules") is None  # not complete yet
         cache.complete_listing(listing, ["not an image", "cannot read file: x"])
         other = cache.start_listing("/data/raw", "other rules")
-        cache.write_chunk(other, 0, a_chunk(3))
+        cache.write_chunks(other, 0, [a_chunk(3)])
         cache.complete_listing(other, [])
     with decode_cache.DecodeCache(path) as cache:
         assert cache.listing("/data/raw", "rules") == (listing, ["not an image", "cannot read file: x"])
@@ -157,13 +157,13 @@ def test_completing_a_listing_keeps_the_two_newest_of_its_folder(
 
         def complete(folder: str = "/data/raw", files: int = 2) -> int:
             listing = cache.start_listing(folder, "rules")
-            cache.write_chunk(listing, 0, a_chunk(files))
+            cache.write_chunks(listing, 0, [a_chunk(files)])
             cache.complete_listing(listing, [])
             return listing
 
         first, elsewhere = complete(), complete("/elsewhere")
         running = cache.start_listing("/data/raw", "rules")  # another prepare, still walking
-        cache.write_chunk(running, 0, a_chunk(4))
+        cache.write_chunks(running, 0, [a_chunk(4)])
         second = complete()
         assert cache.listing("/data/raw", "rules") == (second, [])
         assert len(cache.chunk(first, 0)) == 2  # a prepare that started earlier may still read it
@@ -185,7 +185,7 @@ def test_completing_a_listing_keeps_the_two_newest_of_its_folder(
 def test_an_empty_chunk_reads_back_empty(tmp_path: Path) -> None:
     with decode_cache.DecodeCache(tmp_path / "decoded.sqlite") as cache:
         listing = cache.start_listing("/data/raw", "rules")
-        cache.write_chunk(listing, 0, decode_cache.ListingChunk.empty([]))
+        cache.write_chunks(listing, 0, [decode_cache.ListingChunk.empty([])])
         assert_same_chunk(cache.chunk(listing, 0), decode_cache.ListingChunk.empty([]))
 
 
@@ -193,13 +193,13 @@ def test_a_damaged_listing_says_to_delete_the_cache(tmp_path: Path) -> None:
     path = tmp_path / "decoded.sqlite"
     with decode_cache.DecodeCache(path) as cache:
         listing = cache.start_listing("/data/raw", "rules")
-        cache.write_chunk(listing, 0, a_chunk(5))
+        cache.write_chunks(listing, 0, [a_chunk(5)])
         with cache._connection:
             cache._connection.execute("UPDATE listing_chunks SET md5s = ?", (b"short",))
         expected = rf"^{re.escape(str(path))}: unreadable decoded-image cache \([^\n]*\); delete it [^\n]*$"
         with pytest.raises(ValueError, match=expected):
             cache.chunk(listing, 0)
-        cache.write_chunk(listing, 1, a_chunk(5))
+        cache.write_chunks(listing, 1, [a_chunk(5)])
         with cache._connection:
             cache._connection.execute("UPDATE listing_chunks SET files = 4 WHERE position = 1")
         with pytest.raises(ValueError, match=expected.replace("[^\\n]*", "5 paths for 4 files", 1)):

@@ -99,7 +99,7 @@ def test_process_pool_gives_the_same_result(tmp_path: Path, monkeypatch: pytest.
     parallel = sources.load_image_folder(tmp_path, SPEC, workers=2, progress=False)
     assert np.array_equal(serial.materialize().images, parallel.materialize().images)
     assert np.array_equal(serial.labels, parallel.labels)
-    assert np.array_equal(serial.hashes, parallel.hashes)
+    assert np.array_equal(serial.content_hashes(), parallel.content_hashes())
     assert serial.rejected == parallel.rejected
     assert [problem.file for problem in parallel.rejected] == ["class_1/broken.png"]
     assert np.bincount(serial.labels).tolist() == [20, 20, 20]
@@ -114,11 +114,31 @@ def test_image_folder_rows_are_the_decoded_files_with_their_hashes(tmp_path: Pat
     expected = np.stack([images.decode_image(tmp_path / file, SPEC) for file in loaded.files()])
     assert np.array_equal(loaded.materialize().images, expected)
     assert [loaded.class_names[label] for label in loaded.labels] == [file.split("/")[0] for file in loaded.files()]
-    assert np.array_equal(loaded.hashes, dataset.content_hashes(expected))
+    assert np.array_equal(loaded.content_hashes(), dataset.content_hashes(expected))
     assert np.array_equal(loaded.flat, dataset.flat_values(expected))
     assert loaded.flat[loaded.files().index("class_2/flat.png")] == 77
     rows = np.array([12, 0, 5, 5])
     assert np.array_equal(loaded.images.read(rows), expected[rows])
+
+
+def test_kept_rows_are_read_from_their_file_in_any_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources.KeptRows, "WINDOW", 3)  # rows asked span several windows of records
+    write_tree(tmp_path, classes=3, per_class=4)
+    for copy in ("class_0/copy.png", "class_2/copy.png"):
+        (tmp_path / copy).write_bytes(sorted((tmp_path / "class_1").iterdir())[1].read_bytes())
+    loaded = sources.load_image_folder(tmp_path, SPEC, progress=False)
+    expected = dataset.content_hashes(loaded.materialize().images)
+    assert loaded.labels.dtype == np.int16
+    rows = np.array([13, 0, 7, 7, 2, 11, 1])
+    assert np.array_equal(loaded.content_hashes(rows), expected[rows])
+    assert np.array_equal(loaded.images.first_hash_bytes(), expected[:, 0])
+    assert [rows.tolist() for rows in loaded.duplicate_sets()] == [
+        rows.tolist() for rows in dataset.duplicate_sets(expected)
+    ]
+    assert len(loaded.duplicate_sets()) == 1
+    assert loaded.content_hashes(np.array([], dtype=np.int64)).shape == (0, dataset.HASH_BYTES)
+    with pytest.raises(IndexError, match=r"outside 0\.\.13"):
+        loaded.content_hashes(np.array([14]))
 
 
 def counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -155,7 +175,7 @@ def test_a_cache_path_decodes_each_file_content_once(tmp_path: Path, monkeypatch
     # one older than that is gone, and reading its rows is one clear error.
     def reader() -> sources.CachedImages:  # with no chunk of the listing read yet
         images = first.images
-        return sources.CachedImages(images.cache, images.listing, images.positions, images.tag, images.shape)
+        return sources.CachedImages(images.cache, images.listing, images.rows, images.tag, images.shape)
 
     assert reader().read(np.arange(2)).shape == (2, SPEC.height, SPEC.width, SPEC.channels)
     sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)
@@ -184,7 +204,7 @@ def test_unchanged_files_are_not_read_again(tmp_path: Path, monkeypatch: pytest.
     again = sources.load_image_folder(raw, SPEC, progress=False, cache_path=cache)
     assert hashed == []
     assert again.version == first.version
-    assert np.array_equal(again.hashes, first.hashes)
+    assert np.array_equal(again.content_hashes(), first.content_hashes())
     # Same size, new modification time: read and hashed again, and found in the cache by its md5.
     touched = sorted((raw / "class_1").iterdir())[0]
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
