@@ -57,7 +57,7 @@ def main() -> None:
     increase = (_status_kib("VmHWM") - before) / 1024 if before else float("nan")
     worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     decoded = len(loaded) * math.prod(loaded.image_shape) / 2**20
-    print(f"images: {len(loaded):,} decoded, {len(loaded.rejected)} rejected, workers: {args.workers}")
+    print(f"images: {len(loaded):,} decoded, {loaded.rejected_count} rejected, workers: {args.workers}")
     print(f"time: {seconds:.1f} s ({len(loaded) / seconds:,.0f} images/s), decoding and DVC hashing")
     print(f"decoded dataset: {decoded:.1f} MiB; peak RSS: {own:.0f} MiB this process, {worker:.0f} MiB largest worker")
     print(f"peak RSS growth while preparing: {increase:.0f} MiB over the {before / 1024:.0f} MiB before it")

@@ -17,8 +17,8 @@ from image_classification.data import images, shards, sources
 
 logger = logging.getLogger(__name__)
 
-# The statistics list at most this many rejected or ignored files each; the counts are always complete.
-MAX_LISTED = 1000
+# Other images a conflicting copy's reason names; the rest are counted.
+NAMED_COPIES = 3
 # Bytes of decoded images read from the source per chunk while writing shards.
 READ_BYTES = 32 * 2**20
 # The folder, beside the decoded-image cache, of the shards the last prepare wrote (`shards.ShardStore`).
@@ -67,24 +67,25 @@ def prepare_dataset(
     refuse_degenerate(loaded, copies)
     clashes = dataset_lib.conflicting_sets(loaded.labels, copies)
     conflicting = conflicting_copies(loaded, clashes)
-    rejected = [*loaded.rejected, *conflicting]
-    if rejected:
+    rejected = [*loaded.rejected, *conflicting][: sources.MAX_LISTED]
+    rejected_count = loaded.rejected_count + sum(len(rows) for rows in clashes)
+    if rejected_count:
         first = rejected[0]
         if data.on_bad_file == "fail":
             raise ValueError(
-                f"{len(rejected)} image file(s) rejected in {loaded.version.path} and data.on_bad_file is fail; "
+                f"{rejected_count} image file(s) rejected in {loaded.version.path} and data.on_bad_file is fail; "
                 f"first: {first.file}: {first.reason}"
             )
         logger.warning(
             "left out %d rejected image file(s), listed in %s; first: %s: %s",
-            len(rejected), statistics_path, first.file, first.reason,
+            rejected_count, statistics_path, first.file, first.reason,
         )  # fmt: skip
     for problem in loaded.ignored:
         if problem.file.endswith("/"):
             logger.warning("%s: %s", problem.file, problem.reason)
     # The rows written, or None for all of them: the whole dataset's arrays are never copied.
     kept = None
-    if conflicting:
+    if clashes:
         kept = np.setdiff1d(np.arange(len(loaded)), np.concatenate(clashes))
         dataset_lib.validate_labels(
             loaded.labels[kept], loaded.class_names, f"{loaded.version.path} (without the images of two classes)"
@@ -114,10 +115,10 @@ def prepare_dataset(
             mean,
             std,
         ),
-        "rejected_count": len(rejected),
-        "rejected": [vars(problem) for problem in rejected[:MAX_LISTED]],
-        "ignored_count": len(loaded.ignored),
-        "ignored": [vars(problem) for problem in loaded.ignored[:MAX_LISTED]],
+        "rejected_count": rejected_count,
+        "rejected": [vars(problem) for problem in rejected],
+        "ignored_count": loaded.ignored_count,
+        "ignored": [vars(problem) for problem in loaded.ignored],
         "hidden_skipped": loaded.hidden,
     }
     artifacts.write_json(statistics_path, statistics)
@@ -167,7 +168,9 @@ def write_shards(
 
 
 def conflicting_copies(loaded: sources.Loaded, clashes: list[np.ndarray]) -> list[sources.Problem]:
-    """One problem per image whose identical copy carries another label: such an image cannot be learned.
+    """A problem for each of the first `sources.MAX_LISTED` images whose identical copy carries another label.
+
+    Such an image cannot be learned. Each reason names `NAMED_COPIES` of its copies at most, and counts the others.
 
     Args:
         loaded: the source's images.
@@ -176,12 +179,15 @@ def conflicting_copies(loaded: sources.Loaded, clashes: list[np.ndarray]) -> lis
     problems = []
     for rows in clashes:
         for row in rows.tolist():
-            others = ", ".join(
-                f"{loaded.describe(other)} ({loaded.class_names[loaded.labels[other]]})"
-                for other in rows.tolist()
-                if other != row
+            if len(problems) == sources.MAX_LISTED:
+                return problems
+            others = [other for other in rows[: NAMED_COPIES + 1].tolist() if other != row][:NAMED_COPIES]
+            named = ", ".join(
+                f"{loaded.describe(other)} ({loaded.class_names[loaded.labels[other]]})" for other in others
             )
-            reason = f"the same image as {others}, under another class; an image with two labels cannot be learned"
+            more = len(rows) - 1 - len(others)
+            named += f" and {more} more" if more else ""
+            reason = f"the same image as {named}, under another class; an image with two labels cannot be learned"
             problems.append(sources.Problem(loaded.describe(row), reason))
     return problems
 

@@ -70,6 +70,9 @@ SPLIT_FOLDER_NAMES = frozenset(
 )
 # An IDX file may not claim more than this many bytes of data (a 4 GiB header lie is refused).
 MAX_IDX_BYTES = 2**32
+# Problems of each kind (rejected, ignored) a source keeps by name; every one is counted. The
+# statistics list these: a folder of a million unreadable files would otherwise fill memory.
+MAX_LISTED = 1000
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,24 @@ class Problem:
 
     file: str
     reason: str
+
+
+class ProblemLog:
+    """Problems as a source meets them: every one counted, the first `MAX_LISTED` kept.
+
+    Attributes:
+        listed: the first problems, in the order they came.
+        count: how many there were.
+    """
+
+    def __init__(self) -> None:
+        self.listed: list[Problem] = []
+        self.count = 0
+
+    def append(self, problem: Problem) -> None:
+        self.count += 1
+        if len(self.listed) < MAX_LISTED:
+            self.listed.append(problem)
 
 
 class ArrayImages:
@@ -182,8 +203,10 @@ class Loaded:
         image_shape: (height, width, channels).
         flat: (N,) int16, an image's single pixel value when it is a flat colour, else -1.
         version: the data's version (the hash DVC gives the same files).
-        rejected: image files that could not be used, with the reason.
-        ignored: other entries left out, with the reason.
+        rejected: image files that could not be used, with the reason: the first `MAX_LISTED`.
+        ignored: other entries left out, with the reason: the first `MAX_LISTED` files, then
+            every class folder left out.
+        rejected_count, ignored_count: how many there were.
         hidden: how many hidden files and folders were skipped.
     """
 
@@ -195,6 +218,8 @@ class Loaded:
     version: DataVersion
     rejected: tuple[Problem, ...] = ()
     ignored: tuple[Problem, ...] = ()
+    rejected_count: int = 0
+    ignored_count: int = 0
     hidden: int = 0
 
     def __len__(self) -> int:
@@ -334,7 +359,7 @@ def load_image_folder(
     scan = FolderScan()
     listing = _Listing(cache, str(root.resolve()), tag)
     digest = DirDigest()
-    rejected: list[Problem] = []
+    rejected = ProblemLog()
     # Chunks wait here until a batch of their images is worth decoding (the process pool stays busy),
     # or until they hold a batch of files (a folder of unchanged files decodes nothing).
     pending: list[tuple[decode_cache.ListingChunk, np.ndarray]] = []
@@ -363,13 +388,13 @@ def load_image_folder(
     counts = np.zeros(len(scan.class_folders), dtype=np.int64)
     counts[: len(kept.classes)] = kept.classes
     used = sorted(name for name, count in zip(scan.class_folders, counts.tolist(), strict=True) if count)
-    ignored = list(scan.ignored)
-    for name in scan.class_folders:
+    ignored = list(scan.ignored.listed)
+    for index, name in enumerate(scan.class_folders):
         if name not in used:
-            inside = [problem for problem in rejected if problem.file.startswith(f"{name}/")]
+            first = kept.first_rejected.get(index)
             why = (
-                f"all {len(inside)} image file(s) in it were rejected, first: {inside[0].file}: {inside[0].reason}"
-                if inside
+                f"all {kept.rejected_in[index]} image file(s) in it were rejected, first: {first.file}: {first.reason}"
+                if first
                 else "no image file in it"
             )
             ignored.append(Problem(f"{name}/", f"class folder without a usable image ({why}); class left out"))
@@ -383,8 +408,10 @@ def load_image_folder(
         shape,
         flat,
         DataVersion("image_folder", str(root), digest.hexdigest(), digest.files, digest.bytes),
-        tuple(rejected),
+        tuple(rejected.listed),
         tuple(ignored),
+        rejected.count,
+        scan.ignored.count + len(ignored) - len(scan.ignored.listed),
         scan.hidden,
     )
 
@@ -395,7 +422,7 @@ def _finish_chunks(
     decode: _Decoder,
     listing: _Listing,
     kept: KeptRows,
-    rejected: list[Problem],
+    rejected: ProblemLog,
 ) -> None:
     """Give every image file of `pending` the outcome the cache holds, or decoding gives; keep the chunks.
 
@@ -437,6 +464,7 @@ class KeptRows:
         file: the temporary file, deleted when closed.
         count: how many images it holds.
         classes: (class folders,) int64, how many images each class folder holds.
+        rejected_in, first_rejected: how many image files each class folder had rejected, and the first.
     """
 
     ROW = np.dtype([("position", "<u4"), ("class", "<i4"), ("hash", "u1", (HASH_BYTES,)), ("flat", "<i2")])
@@ -447,6 +475,8 @@ class KeptRows:
         self.file = file
         self.count = 0
         self.classes = np.zeros(0, dtype=np.int64)
+        self.rejected_in: collections.Counter[int] = collections.Counter()
+        self.first_rejected: dict[int, Problem] = {}
 
     def add(
         self,
@@ -454,7 +484,7 @@ class KeptRows:
         chunk: decode_cache.ListingChunk,
         classes: np.ndarray,
         texts: Sequence[str],
-        rejected: list[Problem],
+        rejected: ProblemLog,
     ) -> None:
         """Keep the usable images of `chunk`, whose first file is `first` in the listing; add the rejected ones."""
         candidates = classes >= 0
@@ -470,7 +500,10 @@ class KeptRows:
         counts[: len(self.classes)] += self.classes
         self.classes = counts
         for offset in np.flatnonzero(candidates & (chunk.reasons >= 0)).tolist():
-            rejected.append(Problem(chunk.paths[offset], texts[chunk.reasons[offset]]))
+            problem = Problem(chunk.paths[offset], texts[chunk.reasons[offset]])
+            rejected.append(problem)
+            self.rejected_in[int(classes[offset])] += 1
+            self.first_rejected.setdefault(int(classes[offset]), problem)
 
     def labels_and_flat(self, label_of_folder: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N,) labels, `label_of_folder[class folder]` (int16; int32 past 32,767 labels), (N,) int16 flat values."""
@@ -530,12 +563,12 @@ class FolderScan:
 
     Attributes:
         class_folders: the top-level folders `walk_root` met, in walk order, hidden ones and links left out.
-        ignored: entries left out, with the reason; hidden: how many hidden entries were skipped.
+        ignored: entries left out, with the reason (`ProblemLog`); hidden: how many hidden entries were skipped.
     """
 
     def __init__(self) -> None:
         self.class_folders: list[str] = []
-        self.ignored: list[Problem] = []
+        self.ignored = ProblemLog()
         self.hidden = 0
 
     def walk_root(self, root: str) -> Iterator[tuple[str, str, int]]:
@@ -839,12 +872,13 @@ def index_images(root: Path, name: str = "") -> tuple[list[str], list[Problem], 
     (and counted), symbolic links to folders are not followed, and other files are reported as skipped.
 
     Returns:
-        The image files, the skipped entries with the reason, and how many hidden entries there were.
+        The image files, the first `MAX_LISTED` skipped entries with the reason, and how many hidden
+        entries there were.
     """
     scan = FolderScan()
     walk = scan.walk_images(str(root / name), f"{name}/" if name else "")
     found = [path for path, _, class_index in walk if class_index >= 0]
-    return found, scan.ignored, scan.hidden
+    return found, scan.ignored.listed, scan.hidden
 
 
 class _Decoder:

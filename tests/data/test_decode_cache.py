@@ -90,6 +90,29 @@ def test_missing_gives_the_positions_of_unknown_keys(tmp_path: Path, monkeypatch
         assert cache.missing([]) == []
 
 
+def test_writes_are_committed_together_at_most_once_a_period(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "decoded.sqlite"
+    monkeypatch.setattr(decode_cache, "COMMIT_SECONDS", 3600.0)
+    with decode_cache.DecodeCache(path) as writer, decode_cache.DecodeCache(path) as reader:
+        writer.store([("a", decode_cache.Entry("bad"))])
+        assert writer.missing(["a"]) == []  # its own writes are visible to the writer at once
+        assert reader.missing(["a"]) == [0]  # not yet to another process
+        writer.commit()
+        assert reader.missing(["a"]) == []
+        writer.store([("b", decode_cache.Entry("bad"))])
+        listing = writer.start_listing("folder", "rules")  # a listing's start and end commit too
+        assert reader.missing(["b"]) == []
+        writer.write_chunks(listing, 0, [decode_cache.ListingChunk.empty(["x.png"])])
+        writer.store([("c", decode_cache.Entry("bad"))])
+    with decode_cache.DecodeCache(path) as reader:  # closing committed the rest
+        assert reader.missing(["c"]) == []
+        assert reader.chunk(listing, 0).paths == ["x.png"]
+    monkeypatch.setattr(decode_cache, "COMMIT_SECONDS", 0.0)
+    with decode_cache.DecodeCache(path) as writer, decode_cache.DecodeCache(path) as reader:
+        writer.store([("d", decode_cache.Entry("bad"))])
+        assert reader.missing(["d"]) == []
+
+
 def test_unknown_and_failed_keys_have_no_pixels(tmp_path: Path) -> None:
     with decode_cache.DecodeCache(tmp_path / "decoded.sqlite") as cache:
         cache.store([("bad", decode_cache.Entry("not a readable image"))])

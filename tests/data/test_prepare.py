@@ -17,7 +17,7 @@ from PIL import Image
 from image_classification import artifacts
 from image_classification.config import parse_params
 from image_classification.data import dataset as dataset_lib
-from image_classification.data import images, prepare, shards
+from image_classification.data import images, prepare, shards, sources
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, make_images, merged, raw_params
 from tests.data.test_sources import counting_decodes, png, write_tree
 
@@ -57,6 +57,60 @@ def test_image_folder_statistics_report_everything(tmp_path: Path) -> None:
     with shards.open_dataset(tmp_path / "prepared", verify=True) as prepared:
         assert len(prepared) == 29
         assert np.bincount(prepared.labels).tolist() == [9, 10, 10]
+
+
+def test_problems_are_counted_and_the_first_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder of many bad files keeps a few of them by name: memory holds no entry per bad file."""
+    monkeypatch.setattr(sources, "MAX_LISTED", 3)
+    raw = tmp_path / "raw"
+    write_tree(raw, classes=3, per_class=10)
+    for index in range(5):
+        (raw / "class_1" / f"broken-{index}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        (raw / "class_1" / f"notes-{index}.txt").write_text("not an image")
+    (raw / "broken class").mkdir()
+    for index in range(4):
+        (raw / "broken class" / f"zero-{index}.png").write_bytes(b"")
+    original = sorted((raw / "class_0").iterdir())[0]
+    for name in ("class_1", "class_2"):
+        for index in range(3):
+            (raw / name / f"copy-{index}.png").write_bytes(original.read_bytes())
+    statistics = prepare.prepare_dataset(
+        data_params(), tmp_path / "prepared", tmp_path / "s.json", raw, workers=1, progress=False
+    )
+    assert statistics["rejected_count"] == 5 + 4 + 7  # broken files, empty files, and the original with its 6 copies
+    assert len(statistics["rejected"]) == 3
+    assert statistics["ignored_count"] == 5 + 1  # the notes, and the class folder left without an image
+    # The first files by name, then every class folder left out, whatever the count.
+    assert [problem["file"] for problem in statistics["ignored"]] == [
+        "class_1/notes-0.txt",
+        "class_1/notes-1.txt",
+        "class_1/notes-2.txt",
+        "broken class/",
+    ]
+    assert statistics["ignored"][-1]["reason"] == (
+        "class folder without a usable image (all 4 image file(s) in it were rejected, first: "
+        "broken class/zero-0.png: empty file (0 bytes)); class left out"
+    )
+    assert statistics["classes"] == 3
+
+
+def test_a_copy_names_a_few_of_its_copies_and_counts_the_others(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    write_tree(raw, classes=2, per_class=10)
+    original = sorted((raw / "class_0").iterdir())[0]
+    for index in range(6):
+        (raw / "class_1" / f"copy-{index}.png").write_bytes(original.read_bytes())
+    loaded = prepare.load(data_params(), raw, workers=1, progress=False)
+    clashes = dataset_lib.conflicting_sets(loaded.labels, loaded.duplicate_sets())
+    problems = prepare.conflicting_copies(loaded, clashes)
+    assert [problem.file for problem in problems] == [original.relative_to(raw).as_posix()] + [
+        f"class_1/copy-{index}.png" for index in range(6)
+    ]
+    assert problems[0].reason == (
+        "the same image as class_1/copy-0.png (class_1), class_1/copy-1.png (class_1), class_1/copy-2.png (class_1) "
+        "and 3 more, under another class; an image with two labels cannot be learned"
+    )
+    assert problems[-1].reason.startswith(f"the same image as {problems[0].file} (class_0), class_1/copy-0.png")
 
 
 def test_on_bad_file_fail_stops_and_writes_nothing(tmp_path: Path) -> None:
