@@ -393,14 +393,21 @@ def render(results: dict) -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or the machine type where there is none."""
+    """The CPU's model name from /proc/cpuinfo with its widest vector instructions, or the machine type.
+
+    Machines sold under one model name ("AMD EPYC") differ in whether they have AVX-512, which
+    TensorFlow's kernels use: training on the same data ran twice as fast with it here.
+    """
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.machine()
+        return platform.machine()
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+    vector = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), None)
+    if not names:
+        return platform.machine()
+    return f"{names[0]} ({vector})" if vector else names[0]
 
 
 def main(argv: list[str] | None = None) -> None:

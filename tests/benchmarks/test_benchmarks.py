@@ -351,3 +351,17 @@ def test_photo_figures_carried_from_an_earlier_run_keep_their_date(tmp_path: Pat
     (tmp_path / "none.json").write_text(json.dumps({"date": "2026-11-30", "sizes": []}))
     with pytest.raises(ValueError, match=r"none\.json holds no photo-recipe figures$"):
         scale.carried_photos(tmp_path / "none.json")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [("fpu avx2 avx512f", "AMD EPYC (AVX-512)"), ("fpu avx avx2", "AMD EPYC (AVX2)"), ("fpu sse4_2", "AMD EPYC")],
+)
+def test_the_machine_names_its_widest_vector_instructions(
+    flags: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    real_path = scale.Path
+    monkeypatch.setattr(scale, "Path", lambda name: cpuinfo if name == "/proc/cpuinfo" else real_path(name))
+    assert scale.cpu_model() == expected
