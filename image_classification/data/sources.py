@@ -385,9 +385,7 @@ def load_image_folder(
         kept.file.close()
         raise
     listing.complete()
-    counts = np.zeros(len(scan.class_folders), dtype=np.int64)
-    counts[: len(kept.classes)] = kept.classes
-    used = sorted(name for name, count in zip(scan.class_folders, counts.tolist(), strict=True) if count)
+    used = sorted(name for index, name in enumerate(scan.class_folders) if kept.images_in[index])
     ignored = list(scan.ignored.listed)
     for index, name in enumerate(scan.class_folders):
         if name not in used:
@@ -463,8 +461,8 @@ class KeptRows:
     Attributes:
         file: the temporary file, deleted when closed.
         count: how many images it holds.
-        classes: (class folders,) int64, how many images each class folder holds.
-        rejected_in, first_rejected: how many image files each class folder had rejected, and the first.
+        images_in, rejected_in: how many usable and rejected image files each class folder (its
+            index) holds; first_rejected: its first rejected file.
     """
 
     ROW = np.dtype([("position", "<u4"), ("class", "<i4"), ("hash", "u1", (HASH_BYTES,)), ("flat", "<i2")])
@@ -474,7 +472,7 @@ class KeptRows:
     def __init__(self, file: BinaryIO) -> None:
         self.file = file
         self.count = 0
-        self.classes = np.zeros(0, dtype=np.int64)
+        self.images_in: collections.Counter[int] = collections.Counter()
         self.rejected_in: collections.Counter[int] = collections.Counter()
         self.first_rejected: dict[int, Problem] = {}
 
@@ -496,9 +494,8 @@ class KeptRows:
         rows["flat"] = chunk.flat[usable]
         self.file.write(rows.tobytes())
         self.count += len(usable)
-        counts = np.bincount(rows["class"], minlength=len(self.classes))
-        counts[: len(self.classes)] += self.classes
-        self.classes = counts
+        folders, counts = np.unique(rows["class"], return_counts=True)
+        self.images_in.update(dict(zip(folders.tolist(), counts.tolist(), strict=True)))
         for offset in np.flatnonzero(candidates & (chunk.reasons >= 0)).tolist():
             problem = Problem(chunk.paths[offset], texts[chunk.reasons[offset]])
             rejected.append(problem)
@@ -747,7 +744,7 @@ class _Listing:
         return chunk
 
     def write(self, chunks: Sequence[decode_cache.ListingChunk]) -> list[int]:
-        """Keep `chunks` as the next of this listing, in one transaction; the position of each one's first file."""
+        """Keep `chunks` as the next of this listing; the position of each one's first file in the listing."""
         if self.cache is not None:
             self.cache.write_chunks(self.id, self._written, chunks)
         firsts = [(self._written + offset) * LISTING_CHUNK for offset in range(len(chunks))]
